@@ -1,0 +1,1 @@
+"""Helper modules for the test suite (importable as `helpers.<name>` with tests/ on sys.path)."""

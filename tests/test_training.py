@@ -1,0 +1,398 @@
+"""Training loop, train.py, resume (exact and after SIGKILL), plugins through the hook interface, multi-process."""
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import legacy
+from training import growing
+from training import hooks as hooks_lib
+from training import loss as loss_lib
+from training import networks
+from training import training_loop
+from training.dataset import dataset_kwargs_from_data_arg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def loop_kwargs(run_dir, total_kimg, res=16, **extra):
+    ds = dataset_kwargs_from_data_arg(f'toy-shapes:res={res},num=64')
+    kw = dict(run_dir=str(run_dir), training_set_kwargs=ds, data_loader_kwargs=dict(num_workers=0),
+              G_kwargs=dict(class_name='training.networks.Generator', z_dim=16, w_dim=16,
+                            mapping_kwargs=dict(num_layers=2),
+                            synthesis_kwargs=dict(channel_base=128, channel_max=16)),
+              D_kwargs=dict(class_name='training.networks.Discriminator', channel_base=128, channel_max=16,
+                            epilogue_kwargs=dict(mbstd_group_size=4)),
+              G_opt_kwargs=dict(class_name='torch.optim.Adam', lr=0.002, betas=[0.0, 0.99], eps=1e-8),
+              D_opt_kwargs=dict(class_name='torch.optim.Adam', lr=0.002, betas=[0.0, 0.99], eps=1e-8),
+              augment_kwargs=dict(class_name='training.augment.AugmentPipe', xflip=1, rotate90=1, xint=1,
+                                  brightness=1),
+              loss_kwargs=dict(class_name='training.loss.StyleGAN2Loss', r1_gamma=1, pl_weight=2,
+                               style_mixing_prob=0.5),
+              G_reg_interval=4, D_reg_interval=4, ada_target=0.2, ada_interval=2, ada_kimg=1,
+              batch_size=8, batch_gpu=8, total_kimg=total_kimg, kimg_per_tick=0.032, image_snapshot_ticks=None,
+              network_snapshot_ticks=1, max_grid_cells=(4, 4), device='cpu')
+    kw.update(extra)
+    return kw
+
+
+def params_equal(a, b):
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    return all(torch.equal(pa[n], pb[n]) for n in pa)
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop.
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path, one_thread):
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    a.mkdir(), b.mkdir()
+    ra = training_loop.training_loop(**loop_kwargs(a, 0.096, ada_target=-1.0))
+    training_loop.training_loop(**loop_kwargs(b, 0.048, ada_target=-1.0))
+    snap = str(b / 'network-snapshot-000000.pkl')
+    with open(snap, 'rb') as f:
+        state = pickle.load(f)['resume_state']
+    assert state['cur_nimg'] == 48 and set(state['opt_states']) == {'G', 'D'}
+    rb = training_loop.training_loop(**loop_kwargs(b, 0.096, resume_snapshot=snap, ada_target=-1.0))
+    assert rb['cur_nimg'] == ra['cur_nimg'] == 96
+    for key in ('G', 'D', 'G_ema'):
+        assert params_equal(ra[key], rb[key]), key
+    assert float(ra['augment_pipe'].p) == float(rb['augment_pipe'].p)
+    assert float(ra['augment_pipe'].p) > 0  # ADA moved p (6 updates of +0.016) in both runs
+    # The continued run appended to the same stats.jsonl.
+    lines = (b / 'stats.jsonl').read_text().splitlines()
+    kimgs = [json.loads(line)['Progress/kimg']['mean'] for line in lines]
+    assert kimgs == sorted(kimgs) and kimgs[-1] == pytest.approx(0.096)
+
+
+def test_loop_writes_outputs_and_snapshot_is_nvidia_style(tmp_path, one_thread):
+    training_loop.training_loop(**loop_kwargs(tmp_path, 0.032, image_snapshot_ticks=1))
+    names = set(os.listdir(tmp_path))
+    assert {'reals.png', 'fakes_init.png', 'fakes000000.png', 'network-snapshot-000000.pkl', 'stats.jsonl'} <= names
+    data = legacy.load_network(str(tmp_path / 'network-snapshot-000000.pkl'))
+    assert {'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} <= set(data)
+    assert data['training_set_kwargs']['class_name'] == 'training.dataset.ToyShapesDataset'
+    assert not any(p.requires_grad for p in data['G'].parameters())
+    assert all(p.device.type == 'cpu' for p in data['G_ema'].parameters())
+    stats = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    for key in ('Loss/G/loss', 'Loss/D/loss', 'Loss/r1_penalty', 'Loss/pl_penalty', 'Timing/sec_per_kimg',
+                'Progress/augment', 'timestamp'):
+        assert key in stats[-1], key
+    assert not any(name.endswith('.tmp') or '.tmp' in name for name in os.listdir(tmp_path))
+
+
+def test_loop_is_deterministic_for_a_seed(tmp_path, one_thread):
+    r1 = training_loop.training_loop(**loop_kwargs_mkdir(tmp_path / 'x', 0.032, random_seed=3))
+    r2 = training_loop.training_loop(**loop_kwargs_mkdir(tmp_path / 'y', 0.032, random_seed=3))
+    r3 = training_loop.training_loop(**loop_kwargs_mkdir(tmp_path / 'z', 0.032, random_seed=4))
+    assert params_equal(r1['G'], r2['G'])
+    assert not params_equal(r1['G'], r3['G'])
+
+
+def loop_kwargs_mkdir(path, total_kimg, **extra):
+    os.makedirs(path, exist_ok=True)
+    return loop_kwargs(path, total_kimg, network_snapshot_ticks=None, **extra)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plugins through the hook interface (a tiny fake plugin).
+
+class CountingPlugin(hooks_lib.TrainingPlugin):
+    """Adds a G-side module trained by an extra loss term on G's 8x8 features, and counts hook calls."""
+    name = 'fake'
+
+    def __init__(self, nan_after=None):
+        self.calls = dict(stage=0, tick=0)
+        self.nan_after = nan_after
+        self.head = None
+        self.steps = 0
+
+    def extra_modules(self, G, D, training_set, device):
+        self.head = torch.nn.Conv2d(G.synthesis.b8.conv1.out_channels, 1, 1)
+        return {'head': hooks_lib.ExtraModule(self.head, side='G')}
+
+    def set_ema_modules(self, ema_modules):
+        self.head_ema = ema_modules['head']
+
+    def wants_generator_features(self):
+        return True
+
+    def loss_terms(self, where, ctx):
+        if where != 'G':
+            return {}
+        self.steps += 1
+        value = self.head(ctx['gen_features'][8].float()).square().mean([1, 2, 3])
+        if self.nan_after is not None and self.steps > self.nan_after:
+            value = value * float('nan')
+        return {'head_energy': value}
+
+    def on_stage(self, stage, G, D, modules):
+        self.calls['stage'] += 1
+
+    def on_tick(self, tick_info):
+        self.calls['tick'] += 1
+        return {'steps': self.steps}
+
+    def state_dict(self):
+        return {'steps': self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state['steps']
+
+
+def test_plugin_module_is_trained_ema_averaged_snapshotted_and_resumed(tmp_path, one_thread):
+    plugin = CountingPlugin()
+    before = None
+    kw = loop_kwargs(tmp_path, 0.064, plugins=[plugin])
+    res = training_loop.training_loop(**kw)
+    assert plugin.calls['tick'] >= 2 and plugin.steps > 0
+    with open(tmp_path / 'network-snapshot-000000.pkl', 'rb') as f:
+        snap = pickle.load(f)
+    assert set(snap['extra_modules']) == {'fake.head'} and set(snap['extra_modules_ema']) == {'fake.head'}
+    assert snap['resume_state']['plugin_state'] == {'fake': {'steps': plugin.steps}}
+    w = snap['extra_modules']['fake.head'].weight
+    w_ema = snap['extra_modules_ema']['fake.head'].weight
+    assert not torch.equal(w, w_ema)  # trained and averaged separately
+    stats = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    assert 'Loss/fake/head_energy' in stats[-1] and 'Plugin/fake/steps' in stats[-1]
+    # Resume restores plugin state and the module.
+    plugin2 = CountingPlugin()
+    training_loop.training_loop(**loop_kwargs(tmp_path, 0.096, plugins=[plugin2],
+                                              resume_snapshot=str(tmp_path / 'network-snapshot-000000.pkl')))
+    assert plugin2.steps > plugin.steps
+    del before, res
+
+
+def test_no_plugin_equals_empty_plugin_list_bitwise(tmp_path, one_thread):
+    class Silent(hooks_lib.TrainingPlugin):
+        name = 'silent'
+    a = training_loop.training_loop(**loop_kwargs_mkdir(tmp_path / 'a', 0.032))
+    b = training_loop.training_loop(**loop_kwargs_mkdir(tmp_path / 'b', 0.032, plugins=[Silent()]))
+    assert params_equal(a['G'], b['G']) and params_equal(a['D'], b['D'])
+
+
+def test_nan_loss_stops_the_run_naming_last_snapshot(tmp_path, one_thread):
+    plugin = CountingPlugin(nan_after=2)
+    with pytest.raises(training_loop.TrainingDivergedError, match=r'non-finite Loss/.*Last good snapshot: .*'
+                                                                  r'network-snapshot-000000\.pkl'):
+        training_loop.training_loop(**loop_kwargs(tmp_path, 0.2, plugins=[plugin]))
+    # The snapshot that exists is the last good one and it loads.
+    legacy.load_network(str(tmp_path / 'network-snapshot-000000.pkl'))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Progressive growing.
+
+def test_growing_schedule_stages_and_fade():
+    s = growing.GrowingSchedule.from_range(8, 32, stage_kimg=[10, 20], fade_kimg=5)
+    assert [s.at(k * 1000).resolution for k in (0, 9.9, 10, 29.9, 30, 100)] == [8, 8, 16, 16, 32, 32]
+    assert s.at(12500).alpha == pytest.approx(0.5) and s.at(15000).alpha == 1 and s.at(0).alpha == 1
+    with pytest.raises(ValueError, match='double'):
+        growing.GrowingSchedule([8, 32], 10)
+    with pytest.raises(ValueError, match='stage lengths'):
+        growing.GrowingSchedule([8, 16, 32], [10])
+
+
+def test_progressive_growing_runs_at_stage_resolution(tmp_path, one_thread):
+    plugin = CountingPlugin()
+    kw = loop_kwargs(tmp_path, 0.096, plugins=[plugin], image_snapshot_ticks=1,
+                     growing_kwargs=dict(resolutions=[8, 16], stage_kimg=[0.048], fade_kimg=0.016))
+    kw['D_kwargs'] = dict(kw['D_kwargs'], architecture='skip')
+    training_loop.training_loop(**kw)
+    import PIL.Image
+    first = PIL.Image.open(tmp_path / 'fakes_init.png')
+    last = PIL.Image.open(tmp_path / 'fakes000000.png')
+    assert first.size == (4 * 8, 4 * 8) and last.size == (4 * 16, 4 * 16)
+    assert plugin.calls['stage'] == 2
+    stats = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    assert [s['Progress/resolution']['mean'] for s in stats][0] == 8
+    assert stats[-1]['Progress/resolution']['mean'] == 16
+
+
+def test_discriminator_accepts_lower_resolution_only_with_skip():
+    D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, architecture='skip', channel_base=128,
+                               channel_max=16)
+    assert D(torch.randn([4, 3, 8, 8]), None).shape == (4, 1)
+    D2 = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=128, channel_max=16)
+    with pytest.raises(ValueError, match='skip'):
+        D2(torch.randn([4, 3, 8, 8]), None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Losses.
+
+class ConstD(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, img, c):
+        return self.scale * self.value + 0 * img.sum()
+
+
+@pytest.mark.parametrize('loss_type, g_expected, d_fake_expected, d_real_expected', [
+    ('nonsaturating', np.log1p(np.exp(-0.5)), np.log1p(np.exp(0.5)), np.log1p(np.exp(-0.5))),
+    ('hinge', -0.5, 1.5, 0.5),
+    ('wgan', -0.5, 0.5, -0.5 + 1e-3 * 0.25),
+])
+def test_loss_families_values(loss_type, g_expected, d_fake_expected, d_real_expected):
+    from torch_utils import training_stats
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    D = ConstD(torch.tensor(0.5))
+    loss = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=0, loss_type=loss_type)
+    collector = training_stats.Collector(regex='Loss/(G|D)/loss')
+    z = torch.randn([2, 4])
+    c = torch.zeros([2, 0])
+    real = torch.zeros([2, 1, 4, 4])
+    loss.accumulate_gradients('Gmain', real, c, z, c, gain=1, cur_nimg=0)
+    collector.update()
+    assert collector.mean('Loss/G/loss') == pytest.approx(g_expected, rel=1e-5)
+    loss.accumulate_gradients('Dmain', real, c, z, c, gain=1, cur_nimg=0)
+    collector.update()
+    assert collector.mean('Loss/D/loss') == pytest.approx(d_fake_expected + d_real_expected, rel=1e-5, abs=1e-6)
+
+
+def test_wgan_gp_penalty_value():
+    from torch_utils import training_stats
+
+    class LinearD(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full([1, 1, 4, 4], 0.75))  # |grad| = 0.75 * 4 = 3
+
+        def forward(self, img, c):
+            return (img * self.w).sum([1, 2, 3]).unsqueeze(1)
+
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    loss = loss_lib.StyleGAN2Loss('cpu', G, LinearD(), r1_gamma=0, gp_weight=10, loss_type='wgan')
+    collector = training_stats.Collector(regex='Loss/gp_penalty')
+    c = torch.zeros([2, 0])
+    loss.accumulate_gradients('Dreg', torch.zeros([2, 1, 4, 4]), c, torch.randn([2, 4]), c, gain=1, cur_nimg=0)
+    collector.update()
+    assert collector.mean('Loss/gp_penalty') == pytest.approx((3 - 1) ** 2, rel=1e-6)
+
+
+def test_unknown_loss_type():
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    with pytest.raises(ValueError, match='loss_type'):
+        loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), loss_type='least-squares')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# train.py end to end.
+
+def run_train(args, cwd, timeout=600, env=None):
+    cmd = [sys.executable, os.path.join(REPO, 'train.py')] + args
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+TINY = ['--data=toy-shapes:res=16,num=64', '--cfg=cpu-tiny', '--workers=0', '--tick=0.032']
+
+
+@pytest.fixture(scope='module')
+def tiny_cli_run(tmp_path_factory):
+    """One 1-kimg train.py run shared by the tests that only read its outputs."""
+    outdir = tmp_path_factory.mktemp('cli')
+    res = run_train(['--outdir', str(outdir)] + TINY + ['--kimg=1', '--snap=1'], outdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_dir,) = glob.glob(str(outdir / '00000-*'))
+    return run_dir
+
+
+def test_train_cli_short_run_writes_everything(tiny_cli_run):
+    run_dir = tiny_cli_run
+    names = set(os.listdir(run_dir))
+    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'reals.png', 'fakes_init.png', 'fakes000001.png',
+            'network-snapshot-000001.pkl'} <= names
+    opts = json.load(open(os.path.join(run_dir, 'training_options.json')))
+    assert opts['total_kimg'] == 1 and opts['G_kwargs']['mapping_kwargs']['num_layers'] == 2
+    log = open(os.path.join(run_dir, 'log.txt')).read()
+    assert 'tick 0' in log and 'eta' in log and 'Exiting...' in log
+
+
+def test_train_cli_dry_run_and_errors(tmp_path):
+    res = run_train(['--outdir', str(tmp_path), '-n'] + TINY, tmp_path)
+    assert res.returncode == 0 and 'Dry run' in res.stdout and not os.listdir(tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--data', str(tmp_path / 'missing.zip')], tmp_path)
+    assert res.returncode == 1 and 'missing.zip' in res.stderr and 'not a built-in dataset' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '--batch=6', '--gpus=4'] + TINY, tmp_path)
+    assert res.returncode == 1 and '--batch' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '--metrics=fid_bogus'] + TINY, tmp_path)
+    assert res.returncode == 1 and 'fid_bogus' in res.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_sigkill_then_resume_continues_counters(tmp_path):
+    args = ['--outdir', str(tmp_path)] + TINY + ['--kimg=3', '--snap=1', '--tick=0.4']
+    cmd = [sys.executable, os.path.join(REPO, 'train.py')] + args
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline:
+        snaps = glob.glob(str(tmp_path / '00000-*' / 'network-snapshot-00000[1-9].pkl'))
+        if snaps:
+            run_dir = os.path.dirname(snaps[0])
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None, 'no snapshot appeared'
+    snaps = sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))
+    last = legacy.load_network(snaps[-1])  # no corrupt file: written atomically
+    kimg_before = last['resume_state']['cur_nimg']
+    assert not glob.glob(os.path.join(run_dir, '*.tmp*'))
+    res = run_train(['--outdir', str(tmp_path), '--resume', run_dir], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f'Continuing {run_dir}' in res.stdout
+    final = legacy.load_network(sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[-1])
+    assert final['resume_state']['cur_nimg'] >= 3000 > kimg_before
+    stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
+    kimgs = [s['Progress/kimg']['mean'] for s in stats]
+    assert kimgs[-1] >= 3.0
+    # Changing an option of a continued run is refused.
+    res = run_train(['--outdir', str(tmp_path), '--resume', run_dir, '--gamma=5'], tmp_path)
+    assert res.returncode == 1 and 'cannot change --gamma' in res.stderr
+
+
+def test_two_process_cpu_training(tmp_path):
+    res = run_train(['--outdir', str(tmp_path), '--gpus=2'] + TINY + ['--kimg=1', '--snap=1', '--batch=8'],
+                    tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
+    assert 'gpus2' in run_dir
+    data = legacy.load_network(os.path.join(run_dir, 'network-snapshot-000001.pkl'))
+    assert data['resume_state']['num_gpus'] == 2 and len(data['resume_state']['rng_states']) == 2
+    assert 'Distributing across 2 processes' in open(os.path.join(run_dir, 'log.txt')).read()
+
+
+def test_finetune_from_pickle_reports_copy(tmp_path, tiny_cli_run):
+    snap = os.path.join(tiny_cli_run, 'network-snapshot-000001.pkl')
+    res = run_train(['--outdir', str(tmp_path / 'b'), '--resume', snap, '--resume-as-new'] + TINY +
+                    ['--kimg=1', '--snap=1'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'G: copied' in res.stdout and 'Fine-tuning: architecture options taken from' in res.stdout
+    (run_dir,) = glob.glob(str(tmp_path / 'b' / '00000-*'))
+    assert 'resumecustom' in run_dir

@@ -1,0 +1,180 @@
+"""The plugin hook interface of the training loop.
+
+A plugin is an object derived from `TrainingPlugin` that overrides the hooks it needs; every hook has a do-nothing
+default, and with no plugin attached the loop behaves (and draws random numbers) exactly as without this module.
+The host never imports a plugin package: train.py finds plugins through `register_plugin_package` entries (a list of
+importable module names that provide `cli_options()` and `make_plugin(options)`), see `plugin_packages()`.
+
+Hooks, in the order the loop calls them:
+
+* `extra_modules(G, D, training_set, device)` -> {name: ExtraModule}: modules trained next to G and D. Each has a side
+  ('G' or 'D'); it gets its own Adam optimiser with that side's options and steps in that side's phases; G-side
+  modules are EMA-averaged like G (the averaged copies are given back through `set_ema_modules`). All of them are
+  saved in snapshots and restored on resume.
+* `on_stage(stage, G, D, modules)`: the progressive-growing schedule entered a new stage (freeze/unfreeze here).
+* `wants_generator_features()`: True if loss terms need G's per-resolution hidden features (the loop then asks the
+  synthesis network for them once per generator pass; no second pass).
+* `loss_terms(where, ctx)` -> {name: tensor}: extra loss terms at 'G' (generator main phase), 'Dfake', 'Dreal' (D main
+  phase) and 'Dreg' (D regularisation phase, every D_reg_interval). ctx holds the phase's tensors (real_img, real_c,
+  gen_img, gen_ws, gen_features, gen_z, gen_c, cur_nimg, gain, loss). Each term is reported as Loss/<name> and its
+  mean is added to the phase's loss.
+* `has_d_regularisers()`: True if 'Dreg' terms exist (so the Dreg phase runs even when r1_gamma is 0).
+* `on_tick(tick_info)` -> dict of extra statistics to report for the tick.
+* `state_dict()` / `load_state_dict(state)`: plugin state saved in snapshots (for exact resume).
+* `register_metrics(register_metric)`: add metrics to the host's registry.
+* `snapshot_extras()` -> dict of extra picklable items to save in the snapshot.
+"""
+
+import dataclasses
+import importlib
+
+import torch
+
+
+@dataclasses.dataclass
+class ExtraModule:
+    """A module trained next to G ('G' side, EMA-averaged with it) or D ('D' side)."""
+    module: torch.nn.Module
+    side: str  # 'G' or 'D'
+    lr_multiplier: float = 1.0
+
+    def __post_init__(self):
+        if self.side not in ('G', 'D'):
+            raise ValueError(f"ExtraModule.side must be 'G' or 'D', got {self.side!r}")
+
+
+class TrainingPlugin:
+    """Base class of training plugins. Override what you need; defaults do nothing."""
+
+    name = 'plugin'
+
+    def extra_modules(self, G, D, training_set, device):
+        return {}
+
+    def set_ema_modules(self, ema_modules):
+        pass
+
+    def on_stage(self, stage, G, D, modules):
+        pass
+
+    def wants_generator_features(self):
+        return False
+
+    def loss_terms(self, where, ctx):
+        return {}
+
+    def has_d_regularisers(self):
+        return False
+
+    def on_tick(self, tick_info):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def register_metrics(self, register_metric):
+        pass
+
+    def snapshot_extras(self):
+        return {}
+
+
+class HookManager:
+    """Dispatches the hooks to a list of plugins. With an empty list every call is a no-op."""
+
+    def __init__(self, plugins=()):
+        self.plugins = list(plugins)
+        names = [p.name for p in self.plugins]
+        if len(set(names)) != len(names):
+            raise ValueError(f'plugin names must be unique, got {names}')
+
+    def __bool__(self):
+        return bool(self.plugins)
+
+    def extra_modules(self, G, D, training_set, device):
+        out = {}
+        for p in self.plugins:
+            for name, mod in p.extra_modules(G, D, training_set, device).items():
+                if not isinstance(mod, ExtraModule):
+                    raise TypeError(f'plugin {p.name}: extra_modules()[{name!r}] must be an ExtraModule')
+                key = f'{p.name}.{name}'
+                out[key] = mod
+        return out
+
+    def set_ema_modules(self, ema_modules):
+        for p in self.plugins:
+            prefix = p.name + '.'
+            p.set_ema_modules({k[len(prefix):]: v for k, v in ema_modules.items() if k.startswith(prefix)})
+
+    def on_stage(self, stage, G, D, modules):
+        for p in self.plugins:
+            prefix = p.name + '.'
+            p.on_stage(stage, G, D, {k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
+
+    def wants_generator_features(self):
+        return any(p.wants_generator_features() for p in self.plugins)
+
+    def loss_terms(self, where, ctx):
+        out = {}
+        for p in self.plugins:
+            for name, value in p.loss_terms(where, ctx).items():
+                out[f'{p.name}/{name}'] = value
+        return out
+
+    def has_d_regularisers(self):
+        return any(p.has_d_regularisers() for p in self.plugins)
+
+    def on_tick(self, tick_info):
+        out = {}
+        for p in self.plugins:
+            for name, value in p.on_tick(tick_info).items():
+                out[f'{p.name}/{name}'] = value
+        return out
+
+    def state_dict(self):
+        return {p.name: p.state_dict() for p in self.plugins}
+
+    def load_state_dict(self, state):
+        missing = [p.name for p in self.plugins if p.name not in state]
+        if missing:
+            raise ValueError(f'snapshot has no state for plugin(s) {missing}')
+        for p in self.plugins:
+            p.load_state_dict(state[p.name])
+
+    def register_metrics(self, register_metric):
+        for p in self.plugins:
+            p.register_metrics(register_metric)
+
+    def snapshot_extras(self):
+        out = {}
+        for p in self.plugins:
+            out.update(p.snapshot_extras())
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Discovery: plugin packages listed by name, imported by train.py (the host never names a plugin in its code).
+
+_PLUGIN_PACKAGES = []
+
+
+def register_plugin_package(module_name):
+    """Add an importable module name that provides `cli_options()` (list of click options) and
+    `make_plugin(options: dict) -> TrainingPlugin or None`."""
+    if module_name not in _PLUGIN_PACKAGES:
+        _PLUGIN_PACKAGES.append(module_name)
+
+
+def plugin_packages():
+    """Import and return the registered plugin modules (missing ones are skipped: deleting a plugin is allowed)."""
+    modules = []
+    for name in _PLUGIN_PACKAGES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name and not name.startswith(str(e.name)):
+                raise
+    return modules

@@ -1,0 +1,274 @@
+"""GAN losses: StyleGAN2 (non-saturating logistic, lazy R1, path length, style mixing), hinge and WGAN(-GP).
+
+`StyleGAN2Loss.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg)` computes the loss of one
+training phase on one batch chunk and calls backward(). Phases: Gmain, Greg, Gboth, Dmain, Dreg, Dboth (HOST_CONTRACT
+section 6). Plugins add named loss terms through the hook interface (training/hooks.py): every term a hook returns is
+reported as `Loss/<name>` and added to the phase's loss.
+
+Loss families (`loss_type`):
+* 'nonsaturating' (default): G: softplus(-D(G(z))), D: softplus(D(G(z))) + softplus(-D(x)).
+* 'hinge':  G: -D(G(z)),         D: relu(1 + D(G(z))) + relu(1 - D(x)).
+* 'wgan':   G: -D(G(z)),         D: D(G(z)) - D(x)  (+ drift 1e-3 * D(x)^2 keeps scores bounded, as in ProGAN).
+Regularisers: R1 (r1_gamma, on reals, Dreg phase) for any family; WGAN-GP (gp_weight, gradient norm on random
+interpolates between reals and fakes pushed to 1, Dreg phase).
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils import training_stats
+from torch_utils.ops import conv2d_gradfix
+from torch_utils.ops import upfirdn2d
+
+LOSS_TYPES = ('nonsaturating', 'hinge', 'wgan')
+
+
+class StyleGAN2Loss:
+    """Loss of one G/D pair. G and D may be our networks or NVIDIA's (call conventions of HOST_CONTRACT 1.8)."""
+
+    def __init__(self, device, G, D, augment_pipe=None, r1_gamma=10, style_mixing_prob=0, pl_weight=0,
+                 pl_batch_shrink=2, pl_decay=0.01, pl_no_weight_grad=False, blur_init_sigma=0, blur_fade_kimg=0,
+                 loss_type='nonsaturating', gp_weight=0, wgan_drift=1e-3, hooks=None):
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f'loss_type must be one of {LOSS_TYPES}, got {loss_type!r}')
+        self.device = device
+        self.G = G
+        self.D = D
+        self.augment_pipe = augment_pipe
+        self.r1_gamma = float(r1_gamma)
+        self.style_mixing_prob = float(style_mixing_prob)
+        self.pl_weight = float(pl_weight)
+        self.pl_batch_shrink = int(pl_batch_shrink)
+        self.pl_decay = float(pl_decay)
+        self.pl_no_weight_grad = bool(pl_no_weight_grad)
+        self.pl_mean = torch.zeros([], device=device)
+        self.blur_init_sigma = float(blur_init_sigma)
+        self.blur_fade_kimg = float(blur_fade_kimg)
+        self.loss_type = loss_type
+        self.gp_weight = float(gp_weight)
+        self.wgan_drift = float(wgan_drift)
+        self.hooks = hooks
+        self.resolution = None  # Progressive growing: current stage resolution (None = full).
+        self.fade_alpha = 1.0   # Progressive growing: fade-in of the newest block (1 = fully on).
+        self.ada_signs = None   # Optional float64 tensor [sum of sign(D(reals)), count], accumulated for ADA.
+        import inspect
+        self._mapping_sg3 = 'update_emas' in inspect.signature(G.mapping.forward).parameters
+        self._synthesis_kwargs = set(inspect.signature(G.synthesis.forward).parameters)
+        self._d_kwargs = set(inspect.signature(D.forward).parameters)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # State that must survive a resume.
+
+    def state_dict(self):
+        return {'pl_mean': self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state):
+        self.pl_mean.copy_(state['pl_mean'].to(self.device))
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _mapping(self, z, c, update_emas):
+        if self._mapping_sg3:
+            return self.G.mapping(z, c, update_emas=update_emas)
+        return self.G.mapping(z, c, skip_w_avg_update=not update_emas)
+
+    def _wants_features(self):
+        return self.hooks is not None and self.hooks.wants_generator_features()
+
+    def run_G(self, z, c, update_emas=False, return_features=False):
+        """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None)."""
+        ws = self._mapping(z, c, update_emas)
+        if self.style_mixing_prob > 0:
+            with torch.autograd.profiler.record_function('style_mixing'):
+                cutoff = torch.empty([], dtype=torch.int64, device=ws.device).random_(1, ws.shape[1])
+                cutoff = torch.where(torch.rand([], device=ws.device) < self.style_mixing_prob, cutoff,
+                                     torch.full_like(cutoff, ws.shape[1]))
+                ws[:, cutoff:] = self._mapping(torch.randn_like(z), c, False)[:, cutoff:]
+        kwargs = {}
+        if 'update_emas' in self._synthesis_kwargs:
+            kwargs['update_emas'] = update_emas
+        if self.resolution is not None:
+            kwargs['max_res'] = self.resolution
+        features = None
+        if return_features:
+            img, features = self.G.synthesis(ws, return_features=True, **kwargs)
+        else:
+            img = self.G.synthesis(ws, **kwargs)
+        img = self._fade(img, ws)
+        return img, ws, features
+
+    def _fade(self, img, ws):
+        """Progressive fade-in: blend the newest block's image with the upsampled image of the previous stage."""
+        if self.resolution is None or self.fade_alpha >= 1:
+            return img
+        low = self.G.synthesis(ws, max_res=self.resolution // 2)
+        f = self.G.synthesis.b4.resample_filter
+        low = upfirdn2d.upsample2d(low, f)
+        return torch.lerp(low, img, float(self.fade_alpha))
+
+    def run_D(self, img, c, blur_sigma=0, update_emas=False):
+        """img [N, C, R, R] -> scores [N, 1]: optional blur, augmentation, then D."""
+        blur_size = int(np.floor(blur_sigma * 3))
+        if blur_size > 0:
+            with torch.autograd.profiler.record_function('blur'):
+                f = torch.arange(-blur_size, blur_size + 1, device=img.device).div(blur_sigma).square().neg().exp2()
+                img = upfirdn2d.filter2d(img, f / f.sum())
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        kwargs = {}
+        if 'update_emas' in self._d_kwargs:
+            kwargs['update_emas'] = update_emas
+        return self.D(img, c, **kwargs)
+
+    def _blur_sigma(self, cur_nimg):
+        if self.blur_fade_kimg > 0:
+            return max(1 - cur_nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init_sigma
+        return 0
+
+    def _g_adv(self, logits):
+        if self.loss_type == 'nonsaturating':
+            return F.softplus(-logits)
+        return -logits
+
+    def _d_fake(self, logits):
+        if self.loss_type == 'nonsaturating':
+            return F.softplus(logits)
+        if self.loss_type == 'hinge':
+            return F.relu(1 + logits)
+        return logits
+
+    def _d_real(self, logits):
+        if self.loss_type == 'nonsaturating':
+            return F.softplus(-logits)
+        if self.loss_type == 'hinge':
+            return F.relu(1 - logits)
+        return -logits + self.wgan_drift * logits.square()
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg):
+        """Compute the loss of `phase` on one chunk and backpropagate it, scaled by `gain` (the phase interval)."""
+        if phase not in ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth'):
+            raise ValueError(f'unknown phase {phase!r}')
+        if self.pl_weight == 0:
+            phase = {'Greg': 'none', 'Gboth': 'Gmain'}.get(phase, phase)
+        if self.r1_gamma == 0 and self.gp_weight == 0 and not self._hooks_regularise_d():
+            phase = {'Dreg': 'none', 'Dboth': 'Dmain'}.get(phase, phase)
+        blur_sigma = self._blur_sigma(cur_nimg)
+        ctx = dict(phase=phase, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c, gain=gain,
+                   cur_nimg=cur_nimg, loss=self)
+
+        # Gmain: make D call fakes real.
+        if phase in ('Gmain', 'Gboth'):
+            with torch.autograd.profiler.record_function('Gmain_forward'):
+                gen_img, gen_ws, feats = self.run_G(gen_z, gen_c, return_features=self._wants_features())
+                gen_logits = self.run_D(gen_img, gen_c, blur_sigma=blur_sigma)
+                training_stats.report('Loss/scores/fake', gen_logits)
+                training_stats.report('Loss/signs/fake', gen_logits.sign())
+                loss_Gmain = self._g_adv(gen_logits)
+                training_stats.report('Loss/G/loss', loss_Gmain)
+                total = loss_Gmain.mean()
+                total = total + self._hook_terms('G', ctx, gen_img=gen_img, gen_ws=gen_ws, gen_features=feats)
+            with torch.autograd.profiler.record_function('Gmain_backward'):
+                total.mul(gain).backward()
+
+        # Greg: path length regularisation.
+        if phase in ('Greg', 'Gboth'):
+            with torch.autograd.profiler.record_function('Gpl_forward'):
+                batch_size = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
+                gen_img, gen_ws, _ = self.run_G(gen_z[:batch_size], gen_c[:batch_size])
+                pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
+                with torch.autograd.profiler.record_function('pl_grads'), \
+                        conv2d_gradfix.no_weight_gradients(self.pl_no_weight_grad):
+                    pl_grads = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws],
+                                                   create_graph=True, only_inputs=True)[0]
+                pl_lengths = pl_grads.square().sum(2).mean(1).sqrt()
+                pl_mean = self.pl_mean.lerp(pl_lengths.mean(), self.pl_decay)
+                self.pl_mean.copy_(pl_mean.detach())
+                pl_penalty = (pl_lengths - pl_mean).square()
+                training_stats.report('Loss/pl_penalty', pl_penalty)
+                loss_Gpl = pl_penalty * self.pl_weight
+                training_stats.report('Loss/G/reg', loss_Gpl)
+            with torch.autograd.profiler.record_function('Gpl_backward'):
+                loss_Gpl.mean().mul(gain).backward()
+
+        # Dmain: fakes look fake.
+        loss_Dgen = 0
+        if phase in ('Dmain', 'Dboth'):
+            with torch.autograd.profiler.record_function('Dgen_forward'):
+                with torch.no_grad():
+                    gen_img, gen_ws, feats = self.run_G(gen_z, gen_c, update_emas=True,
+                                                        return_features=self._wants_features())
+                gen_logits = self.run_D(gen_img, gen_c, blur_sigma=blur_sigma, update_emas=True)
+                training_stats.report('Loss/scores/fake', gen_logits)
+                training_stats.report('Loss/signs/fake', gen_logits.sign())
+                loss_Dgen = self._d_fake(gen_logits)
+                total = loss_Dgen.mean()
+                total = total + self._hook_terms('Dfake', ctx, gen_img=gen_img, gen_ws=gen_ws, gen_features=feats)
+            with torch.autograd.profiler.record_function('Dgen_backward'):
+                total.mul(gain).backward()
+
+        # Dmain: reals look real; Dreg: R1 / GP on reals.
+        if phase in ('Dmain', 'Dreg', 'Dboth'):
+            name = {'Dmain': 'Dreal', 'Dreg': 'Dr1', 'Dboth': 'Dreal_Dr1'}[phase]
+            with torch.autograd.profiler.record_function(name + '_forward'):
+                real_img_tmp = real_img.detach().requires_grad_(phase in ('Dreg', 'Dboth') and self.r1_gamma != 0)
+                real_logits = self.run_D(real_img_tmp, real_c, blur_sigma=blur_sigma)
+                training_stats.report('Loss/scores/real', real_logits)
+                training_stats.report('Loss/signs/real', real_logits.sign())
+                if self.ada_signs is not None and phase in ('Dmain', 'Dboth'):
+                    with torch.no_grad():
+                        self.ada_signs += torch.stack([real_logits.sign().sum().to(torch.float64),
+                                                       torch.tensor(float(real_logits.numel()), dtype=torch.float64,
+                                                                    device=real_logits.device)])
+
+                total = torch.zeros([], device=real_img.device)
+                if phase in ('Dmain', 'Dboth'):
+                    loss_Dreal = self._d_real(real_logits)
+                    training_stats.report('Loss/D/loss', loss_Dgen + loss_Dreal)
+                    total = total + loss_Dreal.mean()
+                    total = total + self._hook_terms('Dreal', ctx)
+
+                if phase in ('Dreg', 'Dboth'):
+                    if self.r1_gamma != 0:
+                        with torch.autograd.profiler.record_function('r1_grads'), \
+                                conv2d_gradfix.no_weight_gradients():
+                            r1_grads = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp],
+                                                           create_graph=True, only_inputs=True)[0]
+                        r1_penalty = r1_grads.square().sum([1, 2, 3])
+                        loss_Dr1 = r1_penalty * (self.r1_gamma / 2)
+                        training_stats.report('Loss/r1_penalty', r1_penalty)
+                        training_stats.report('Loss/D/reg', loss_Dr1)
+                        total = total + loss_Dr1.mean()
+                    if self.gp_weight != 0:
+                        total = total + self._gradient_penalty(real_img, real_c, gen_z, gen_c, blur_sigma)
+                    total = total + self._hook_terms('Dreg', ctx)
+            with torch.autograd.profiler.record_function(name + '_backward'):
+                total.mul(gain).backward()
+
+    def _gradient_penalty(self, real_img, real_c, gen_z, gen_c, blur_sigma):
+        """WGAN-GP: gp_weight * (|grad_x D(x_hat)| - 1)^2 on x_hat = lerp(real, fake, u), u ~ U(0,1) per sample."""
+        with torch.no_grad():
+            fake, _, _ = self.run_G(gen_z, gen_c)
+        u = torch.rand([real_img.shape[0], 1, 1, 1], device=real_img.device)
+        x_hat = torch.lerp(real_img.detach(), fake.detach(), u).requires_grad_(True)
+        logits = self.run_D(x_hat, real_c, blur_sigma=blur_sigma)
+        grads = torch.autograd.grad(outputs=[logits.sum()], inputs=[x_hat], create_graph=True, only_inputs=True)[0]
+        gp = (grads.flatten(1).norm(dim=1) - 1).square()
+        training_stats.report('Loss/gp_penalty', gp)
+        return gp.mean() * self.gp_weight
+
+    def _hooks_regularise_d(self):
+        return self.hooks is not None and self.hooks.has_d_regularisers()
+
+    def _hook_terms(self, where, ctx, **extra):
+        """Sum of the named loss terms that plugins contribute at `where` ('G', 'Dfake', 'Dreal', 'Dreg')."""
+        if self.hooks is None:
+            return 0
+        terms = self.hooks.loss_terms(where, dict(ctx, **extra))
+        total = 0
+        for name, value in terms.items():
+            training_stats.report(f'Loss/{name}', value)
+            total = total + value.mean()
+        return total
