@@ -396,3 +396,55 @@ def test_finetune_from_pickle_reports_copy(tmp_path, tiny_cli_run):
     assert 'G: copied' in res.stdout and 'Fine-tuning: architecture options taken from' in res.stdout
     (run_dir,) = glob.glob(str(tmp_path / 'b' / '00000-*'))
     assert 'resumecustom' in run_dir
+
+
+class FreezingPlugin(hooks_lib.TrainingPlugin):
+    """Freezes G's 4x4 block and mapping network, halves the lr of D's 4x4 epilogue."""
+    name = 'freeze'
+
+    def __init__(self, bad=False):
+        self.bad = bad
+        self.initial = None
+
+    def extra_modules(self, G, D, training_set, device):
+        self.initial = {n: p.detach().clone() for n, p in G.named_parameters()}
+        return {}
+
+    def param_lr_multipliers(self, side, module, modules, stage):
+        if side == 'G':
+            params = list(module.synthesis.b4.parameters()) + list(module.mapping.parameters())
+            if self.bad:
+                params = params[:1]  # only part of a block: refused
+            return {p: 0.0 for p in params}
+        return {p: 0.5 for p in module.b4.parameters()}
+
+    def loss_terms(self, where, ctx):
+        if where == 'G':
+            self.G = ctx['loss'].G
+        return {}
+
+
+def test_frozen_blocks_get_no_gradient_and_do_not_change(tmp_path, one_thread):
+    torch.manual_seed(0)
+    plugin = FreezingPlugin()
+    kw = loop_kwargs(tmp_path, 0.064, plugins=[plugin], network_snapshot_ticks=1)
+    res = training_loop.training_loop(**kw)
+    with open(tmp_path / 'network-snapshot-000000.pkl', 'rb') as f:
+        snap = pickle.load(f)
+    G = res['G']
+    for name, p in G.named_parameters():
+        frozen = name.startswith('synthesis.b4.') or name.startswith('mapping.')
+        assert torch.equal(p, plugin.initial[name]) == frozen, name
+    opt_state = snap['resume_state']['opt_states']['G']
+    lrs = {g['block']: g['lr'] for g in opt_state['param_groups']}
+    assert lrs['synthesis.b4'] == 0 and lrs['mapping'] == 0 and lrs['synthesis.b16'] > 0
+    # Adam never saw the frozen parameters.
+    frozen_ids = [i for g in opt_state['param_groups'] if g['lr'] == 0 for i in g['params']]
+    assert frozen_ids and not any(i in opt_state['state'] for i in frozen_ids)
+    d_lrs = {g['block']: (g['lr'], g['base_lr']) for g in snap['resume_state']['opt_states']['D']['param_groups']}
+    assert d_lrs['b4'][0] == pytest.approx(0.5 * d_lrs['b4'][1])
+
+
+def test_multiplier_must_be_uniform_within_a_block(tmp_path, one_thread):
+    with pytest.raises(ValueError, match="differ within block 'synthesis.b4'"):
+        training_loop.training_loop(**loop_kwargs(tmp_path, 0.032, plugins=[FreezingPlugin(bad=True)]))

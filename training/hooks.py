@@ -11,7 +11,12 @@ Hooks, in the order the loop calls them:
   ('G' or 'D'); it gets its own Adam optimiser with that side's options and steps in that side's phases; G-side
   modules are EMA-averaged like G (the averaged copies are given back through `set_ema_modules`). All of them are
   saved in snapshots and restored on resume.
-* `on_stage(stage, G, D, modules)`: the progressive-growing schedule entered a new stage (freeze/unfreeze here).
+* `on_stage(stage, G, D, modules)`: the progressive-growing schedule entered a new stage.
+* `param_lr_multipliers(side, module, modules, stage)` -> {parameter: multiplier}: learning-rate multipliers for the
+  parameters of G or D (side 'G'/'D', `module` is G or D) and of that side's extra modules; 0 freezes a parameter
+  (it gets no gradient at all). Asked at the start and at every stage change. The optimiser has one parameter group
+  per block (G: mapping, synthesis.b4, synthesis.b8, ...; D: b32, ..., b4, mapping; extra modules: per child), so
+  a multiplier must be the same for all parameters of one block; parameters not named get 1.
 * `wants_generator_features()`: True if loss terms need G's per-resolution hidden features (the loop then asks the
   synthesis network for them once per generator pass; no second pass).
 * `loss_terms(where, ctx)` -> {name: tensor}: extra loss terms at 'G' (generator main phase), 'Dfake', 'Dreal' (D main
@@ -56,6 +61,9 @@ class TrainingPlugin:
 
     def on_stage(self, stage, G, D, modules):
         pass
+
+    def param_lr_multipliers(self, side, module, modules, stage):
+        return {}
 
     def wants_generator_features(self):
         return False
@@ -113,6 +121,16 @@ class HookManager:
         for p in self.plugins:
             prefix = p.name + '.'
             p.on_stage(stage, G, D, {k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
+
+    def param_lr_multipliers(self, side, module, modules, stage):
+        """Merged multipliers of all plugins (multiplied when several plugins name the same parameter)."""
+        out = {}
+        for p in self.plugins:
+            prefix = p.name + '.'
+            mine = {k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)}
+            for param, mult in p.param_lr_multipliers(side, module, mine, stage).items():
+                out[param] = out.get(param, 1.0) * float(mult)
+        return out
 
     def wants_generator_features(self):
         return any(p.wants_generator_features() for p in self.plugins)

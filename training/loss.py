@@ -76,8 +76,9 @@ class StyleGAN2Loss:
     def _wants_features(self):
         return self.hooks is not None and self.hooks.wants_generator_features()
 
-    def run_G(self, z, c, update_emas=False, return_features=False):
-        """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None)."""
+    def run_G(self, z, c, update_emas=False, return_features=False, ws_requires_grad=False):
+        """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None).
+        ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length)."""
         ws = self._mapping(z, c, update_emas)
         if self.style_mixing_prob > 0:
             with torch.autograd.profiler.record_function('style_mixing'):
@@ -85,6 +86,8 @@ class StyleGAN2Loss:
                 cutoff = torch.where(torch.rand([], device=ws.device) < self.style_mixing_prob, cutoff,
                                      torch.full_like(cutoff, ws.shape[1]))
                 ws[:, cutoff:] = self._mapping(torch.randn_like(z), c, False)[:, cutoff:]
+        if ws_requires_grad and not ws.requires_grad:
+            ws = ws.detach().requires_grad_(True)
         kwargs = {}
         if 'update_emas' in self._synthesis_kwargs:
             kwargs['update_emas'] = update_emas
@@ -177,7 +180,7 @@ class StyleGAN2Loss:
         if phase in ('Greg', 'Gboth'):
             with torch.autograd.profiler.record_function('Gpl_forward'):
                 batch_size = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-                gen_img, gen_ws, _ = self.run_G(gen_z[:batch_size], gen_c[:batch_size])
+                gen_img, gen_ws, _ = self.run_G(gen_z[:batch_size], gen_c[:batch_size], ws_requires_grad=True)
                 pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
                 with torch.autograd.profiler.record_function('pl_grads'), \
                         conv2d_gradfix.no_weight_gradients(self.pl_no_weight_grad):

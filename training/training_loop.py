@@ -121,6 +121,36 @@ class _Phase:
         self.interval = interval
         self.start_event = None
         self.end_event = None
+        self.frozen = []  # Parameters with learning-rate multiplier 0 (kept without gradient).
+
+
+def _block_param_groups(module, prefix, lr):
+    """One optimiser parameter group per block: parameters named 'synthesis.bN.*' group by 'synthesis.bN', others
+    by their first name component. Fixed structure, so optimiser states stay loadable whatever is frozen."""
+    groups = {}
+    for pname, param in module.named_parameters():
+        parts = pname.split('.')
+        key = '.'.join(parts[:2]) if parts[0] == 'synthesis' and len(parts) > 2 else \
+            (parts[0] if len(parts) > 1 else '')
+        groups.setdefault(key, []).append(param)
+    return [dict(params=params, lr=lr, base_lr=lr, block=prefix + key) for key, params in groups.items()]
+
+
+def _apply_lr_multipliers(phases, side, multipliers):
+    """Set each block group's lr to base_lr x multiplier; remember the frozen (multiplier 0) parameters."""
+    side_phases = [phase for phase in phases if phase.name.startswith(side)]
+    opt = side_phases[0].opt
+    frozen = []
+    for group in opt.param_groups:
+        mults = {float(multipliers.get(p, 1.0)) for p in group['params']}
+        if len(mults) != 1:
+            raise ValueError(f'learning-rate multipliers differ within block {group["block"]!r}: {sorted(mults)}')
+        mult = mults.pop()
+        group['lr'] = group['base_lr'] * mult
+        if mult == 0:
+            frozen += group['params']
+    for phase in side_phases:
+        phase.frozen = frozen
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -304,10 +334,10 @@ def training_loop(
             mb_ratio = reg_interval / (reg_interval + 1)
             opt_kwargs.lr = opt_kwargs.lr * mb_ratio
             opt_kwargs.betas = [beta ** mb_ratio for beta in opt_kwargs.betas]
-        groups = [dict(params=list(module.parameters()), base_lr=opt_kwargs.lr)]
-        for em in side_extras:
-            groups.append(dict(params=list(em.module.parameters()), lr=opt_kwargs.lr * em.lr_multiplier,
-                               base_lr=opt_kwargs.lr * em.lr_multiplier))
+        groups = _block_param_groups(module, '', opt_kwargs.lr)
+        for em_name, em in extras.items():
+            if em.side == name:
+                groups += _block_param_groups(em.module, em_name + '/', opt_kwargs.lr * em.lr_multiplier)
         opt = dnnlib.util.construct_class_by_name(groups, **opt_kwargs)
         modules = [module] + [em.module for em in side_extras]
         if reg_interval is None:
@@ -396,6 +426,16 @@ def training_loop(
     if progress_fn is not None:
         progress_fn(0, total_kimg)
 
+    def update_lr_multipliers(stage):
+        if not hooks:
+            return
+        for side, module in [('G', G), ('D', D)]:
+            side_modules = {name: em.module for name, em in extras.items() if em.side == side}
+            _apply_lr_multipliers(phases, side, hooks.param_lr_multipliers(side, module, side_modules, stage))
+
+    if schedule is None:
+        update_lr_multipliers(None)
+
     while True:
         # Progressive growing stage.
         stage = schedule.at(cur_nimg) if schedule is not None else None
@@ -403,6 +443,7 @@ def training_loop(
             if current_stage is None or stage.index != current_stage.index:
                 log(f'Stage {stage.index + 1}/{len(schedule.resolutions)}: {stage.resolution}x{stage.resolution}')
                 hooks.on_stage(stage, G, D, {name: em.module for name, em in extras.items()})
+                update_lr_multipliers(stage)
             loss.resolution = stage.resolution if stage.resolution != training_set.resolution else None
             loss.fade_alpha = stage.alpha
             current_stage = stage
@@ -434,6 +475,8 @@ def training_loop(
             phase.opt.zero_grad(set_to_none=True)
             for module in phase.modules:
                 module.requires_grad_(True)
+            for param in phase.frozen:
+                param.requires_grad_(False)
             for real_img, real_c, gen_z, gen_c in zip(phase_real_img, phase_real_c, phase_gen_z, phase_gen_c):
                 loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=gen_z,
                                           gen_c=gen_c, gain=phase.interval, cur_nimg=cur_nimg)
