@@ -308,3 +308,23 @@ def test_pickle_round_trip_and_deepcopy_keep_outputs():
     assert G2.init_kwargs['synthesis_kwargs']['channel_base'] == 256
     rebuilt = type(G)(**G.init_kwargs)
     assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in G.parameters())
+
+
+def test_network_source_imports_only_the_contract_api():
+    """Our pickles embed training/networks.py; keeping its imports to numpy, torch and the contract's torch_utils API
+    (HOST_CONTRACT 1.7) lets NVIDIA's own torch_utils execute it too."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(networks))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {f'{node.module}.{a.name}' for a in node.names}
+    allowed = {'numpy', 'torch', 'torch_utils.misc', 'torch_utils.persistence', 'torch_utils.ops.bias_act',
+               'torch_utils.ops.conv2d_resample', 'torch_utils.ops.fma', 'torch_utils.ops.upfirdn2d'}
+    assert imported <= allowed, imported - allowed
+    used_misc = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and
+                 isinstance(n.value, ast.Name) and n.value.id == 'misc'}
+    assert used_misc <= {'assert_shape', 'profiled_function', 'suppress_tracer_warnings', 'constant'}, used_misc
