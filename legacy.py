@@ -194,7 +194,7 @@ _SYNTHESIS_KWARGS = {'channel_base', 'channel_max', 'num_fp16_res', 'architectur
 _MAPPING_KWARGS = {'num_layers', 'embed_features', 'layer_features', 'activation', 'lr_multiplier', 'w_avg_beta'}
 _DISCRIMINATOR_KWARGS = {'c_dim', 'img_resolution', 'img_channels', 'architecture', 'channel_base', 'channel_max',
                          'num_fp16_res', 'conv_clamp', 'cmap_dim', 'block_kwargs', 'mapping_kwargs',
-                         'epilogue_kwargs'}
+                         'epilogue_kwargs', 'spectral_norm'}
 _D_BLOCK_KWARGS = {'activation', 'resample_filter', 'fp16_channels_last', 'freeze_layers'}
 _D_EPILOGUE_KWARGS = {'mbstd_group_size', 'mbstd_num_channels', 'activation'}
 

@@ -121,7 +121,7 @@ def setup_training_options(opts):
     args.image_snapshot_ticks = opts.snap
     args.network_snapshot_ticks = opts.snap
     args.kimg_per_tick = opts.tick
-    args.metrics = _parse_comma_list(opts.metrics)
+    args.metrics = None if opts.metrics is None else _parse_comma_list(opts.metrics)
 
     # Dataset.
     if opts.data is None:
@@ -190,6 +190,8 @@ def setup_training_options(opts):
     args.D_kwargs.epilogue_kwargs.mbstd_group_size = opts.mbstd_group if opts.mbstd_group is not None else spec.mbstd
     if opts.d_arch is not None:
         args.D_kwargs.architecture = opts.d_arch
+    if opts.sn:
+        args.D_kwargs.spectral_norm = True
 
     glr = opts.glr if opts.glr is not None else spec.lrate
     dlr = opts.dlr if opts.dlr is not None else spec.lrate
@@ -303,12 +305,31 @@ def setup_training_options(opts):
     if opts.freezed:
         args.D_kwargs.block_kwargs.freeze_layers = opts.freezed
         desc += f'-freezed{opts.freezed}'
+    if args.metrics is None:
+        args.metrics = _default_metrics(cfg)
     if opts.loss != 'nonsaturating':
         desc += f'-{opts.loss}'
+    if opts.sn:
+        desc += '-sn'
     args.desc = f'{desc}-gpus{gpus}-batch{args.batch_size}-gamma{_format_num(args.loss_kwargs.r1_gamma)}'
     if opts.desc:
         args.desc += f'-{opts.desc}'
     return args
+
+
+def _default_metrics(cfg):
+    """CPU presets: the offline sliced Wasserstein distance (cpu-tiny: none). NVIDIA presets: fid50k_full when an
+    Inception detector is configured ($GAN_INCEPTION_URL), otherwise none (a download mid-training would fail
+    offline) with a notice."""
+    if cfg == 'cpu_tiny':
+        return []
+    if cfg == 'cpu':
+        return ['swd2k']
+    if os.environ.get('GAN_INCEPTION_URL'):
+        return ['fid50k_full']
+    print('Note: no --metrics given and $GAN_INCEPTION_URL is not set: no metrics during training '
+          '(use --metrics=swd2k for an offline metric).')
+    return []
 
 
 def _augpipe_spec(name):
@@ -439,8 +460,8 @@ def _plugin_options(f):
               show_default=True)
 @click.option('--snap', help='Snapshot interval in ticks', type=int, default=50, show_default=True)
 @click.option('--tick', help='Progress print interval in kimg', type=float, default=4, show_default=True)
-@click.option('--metrics', help='Comma-separated list of metrics, or "none"', type=str, default='none',
-              show_default=True)
+@click.option('--metrics', help='Comma-separated list of metrics, or "none" [default: swd2k for --cfg=cpu, none for '
+              'cpu-tiny, fid50k_full for the GPU presets when $GAN_INCEPTION_URL is set]', type=str)
 @click.option('--seed', help='Random seed', type=int, default=0, show_default=True)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 @click.option('--data', help='Training data (directory, zip, or built-in name[:opts])', metavar='PATH')
@@ -459,6 +480,7 @@ def _plugin_options(f):
 @click.option('--map-depth', help='Mapping network depth', type=int)
 @click.option('--mbstd-group', help='Minibatch std group size', type=int)
 @click.option('--d-arch', help='Discriminator architecture', type=click.Choice(['orig', 'skip', 'resnet']))
+@click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
 @click.option('--ema-kimg', help='G_ema half-life in kimg', type=float)
 @click.option('--loss', help='Loss family', type=click.Choice(['nonsaturating', 'hinge', 'wgan']),
               default='nonsaturating', show_default=True)

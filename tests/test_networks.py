@@ -328,3 +328,33 @@ def test_network_source_imports_only_the_contract_api():
     used_misc = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and
                  isinstance(n.value, ast.Name) and n.value.id == 'misc'}
     assert used_misc <= {'assert_shape', 'profiled_function', 'suppress_tracer_warnings', 'constant'}, used_misc
+
+
+def test_spectral_norm_normalises_largest_singular_value():
+    layer = networks.Conv2dLayer(4, 6, kernel_size=3, spectral_norm=True).train()
+    x = torch.randn([2, 4, 5, 5])
+    for _ in range(30):  # power iterations converge in training mode
+        layer(x)
+    w = networks.spectral_normalize(layer.weight, layer.sn_u, update=False).reshape(6, -1)
+    assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=1e-3)
+    u_before = layer.sn_u.clone()
+    layer.eval()(x)
+    assert torch.equal(u_before, layer.sn_u)  # no update in eval mode
+    layer.train()
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+    fc = networks.FullyConnectedLayer(8, 3, spectral_norm=True).train()
+    for _ in range(30):
+        fc(torch.randn([2, 8]))
+    w = networks.spectral_normalize(fc.weight, fc.sn_u, update=False)
+    assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_spectral_norm_discriminator_is_opt_in_and_trains():
+    D = small_D(spectral_norm=True)
+    assert 'b4.fc.sn_u' in dict(D.named_buffers())
+    assert not any('sn_u' in n for n, _ in small_D().named_buffers())  # default names unchanged
+    x = torch.randn([4, 3, 16, 16], requires_grad=True)
+    (g,) = torch.autograd.grad(D(x, None).sum(), x, create_graph=True)
+    g.square().sum().backward()  # R1 works through spectral normalisation
+    assert D.b16.conv0.weight.grad is not None

@@ -43,6 +43,20 @@ def _block_dtype(use_fp16, force_fp32, device):
     return torch.float32
 
 
+def spectral_normalize(weight, u, update):
+    """weight / sigma_max(weight.reshape(out, -1)) with one power iteration from the stored vector u [out].
+
+    update=True (training) writes the new u in place; sigma carries gradient w.r.t. weight (Miyato et al. 2018)."""
+    w = weight.reshape(weight.shape[0], -1)
+    with torch.no_grad():
+        v = torch.nn.functional.normalize(w.t().float() @ u, dim=0, eps=1e-12)
+        u_new = torch.nn.functional.normalize(w.float() @ v, dim=0, eps=1e-12)
+        if update:
+            u.copy_(u_new)
+    sigma = torch.dot(u_new.to(w.dtype), w @ v.to(w.dtype))
+    return weight / sigma
+
+
 @misc.profiled_function
 def normalize_2nd_moment(x, dim=1, eps=1e-8):
     """Scale x so that the mean of its squares along `dim` is 1."""
@@ -127,6 +141,7 @@ class FullyConnectedLayer(torch.nn.Module):
                  activation='linear',       # Activation function name (see bias_act.activation_funcs).
                  lr_multiplier=1,           # Learning rate multiplier.
                  bias_init=0,               # Initial value of the bias.
+                 spectral_norm=False,       # Divide the weight by its largest singular value (buffer sn_u)?
                  ):
         super().__init__()
         if activation not in bias_act.activation_funcs:
@@ -138,9 +153,15 @@ class FullyConnectedLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = float(lr_multiplier / np.sqrt(in_features))
         self.bias_gain = float(lr_multiplier)
+        self.spectral_norm = spectral_norm
+        if spectral_norm:
+            self.register_buffer('sn_u', torch.nn.functional.normalize(torch.randn([out_features]), dim=0))
 
     def forward(self, x):
-        w = self.weight.to(x.dtype) * self.weight_gain
+        if self.spectral_norm:
+            w = spectral_normalize(self.weight, self.sn_u, update=self.training).to(x.dtype)
+        else:
+            w = self.weight.to(x.dtype) * self.weight_gain
         b = self.bias
         if b is not None:
             b = b.to(x.dtype)
@@ -171,6 +192,7 @@ class Conv2dLayer(torch.nn.Module):
                  conv_clamp=None,               # Clamp the output to +-X, None = disable clamping.
                  channels_last=False,           # Expect the input to have memory_format=channels_last?
                  trainable=True,                # Update the weights of this layer during training?
+                 spectral_norm=False,           # Divide the weight by its largest singular value (buffer sn_u)?
                  ):
         super().__init__()
         if activation not in bias_act.activation_funcs:
@@ -186,6 +208,9 @@ class Conv2dLayer(torch.nn.Module):
         self.weight_gain = float(1 / np.sqrt(in_channels * (kernel_size ** 2)))
         self.act_gain = float(bias_act.activation_funcs[activation].def_gain)
 
+        self.spectral_norm = spectral_norm
+        if spectral_norm:
+            self.register_buffer('sn_u', torch.nn.functional.normalize(torch.randn([out_channels]), dim=0))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
         bias = torch.zeros([out_channels]) if bias else None
@@ -201,7 +226,10 @@ class Conv2dLayer(torch.nn.Module):
                 self.bias = None
 
     def forward(self, x, gain=1):
-        w = self.weight * self.weight_gain
+        if self.spectral_norm:
+            w = spectral_normalize(self.weight, self.sn_u, update=self.training and self.weight.requires_grad)
+        else:
+            w = self.weight * self.weight_gain
         b = self.bias.to(x.dtype) if self.bias is not None else None
         flip_weight = (self.up == 1)  # Transposed convolution (up > 1) uses the true-convolution orientation.
         x = conv2d_resample.conv2d_resample(x=x, w=w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
@@ -643,6 +671,7 @@ class DiscriminatorBlock(torch.nn.Module):
                  use_fp16=False,                # Use reduced precision for this block?
                  fp16_channels_last=False,      # Use channels-last memory format with reduced precision?
                  freeze_layers=0,               # Freeze-D: number of layers to freeze.
+                 spectral_norm=False,           # Spectral normalisation of every layer's weight?
                  ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', not {architecture!r}")
@@ -670,17 +699,17 @@ class DiscriminatorBlock(torch.nn.Module):
 
         if in_channels == 0 or architecture == 'skip':
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, kernel_size=1, activation=activation,
-                                       trainable=next(trainable_iter), conv_clamp=conv_clamp,
+                                       trainable=next(trainable_iter), spectral_norm=spectral_norm, conv_clamp=conv_clamp,
                                        channels_last=self.channels_last)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, activation=activation,
-                                 trainable=next(trainable_iter), conv_clamp=conv_clamp,
+                                 trainable=next(trainable_iter), spectral_norm=spectral_norm, conv_clamp=conv_clamp,
                                  channels_last=self.channels_last)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, kernel_size=3, activation=activation, down=2,
-                                 trainable=next(trainable_iter), resample_filter=resample_filter,
+                                 trainable=next(trainable_iter), spectral_norm=spectral_norm, resample_filter=resample_filter,
                                  conv_clamp=conv_clamp, channels_last=self.channels_last)
         if architecture == 'resnet':
             self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2,
-                                    trainable=next(trainable_iter), resample_filter=resample_filter,
+                                    trainable=next(trainable_iter), spectral_norm=spectral_norm, resample_filter=resample_filter,
                                     channels_last=self.channels_last)
 
     def forward(self, x, img, force_fp32=False, update_emas=False):
@@ -769,6 +798,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
                  mbstd_num_channels=1,       # Number of features for the minibatch standard deviation layer, 0 = off.
                  activation='lrelu',         # Activation function.
                  conv_clamp=None,            # Clamp the output of convolution layers to +-X, None = disable.
+                 spectral_norm=False,        # Spectral normalisation of every layer's weight?
                  ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', not {architecture!r}")
@@ -779,14 +809,15 @@ class DiscriminatorEpilogue(torch.nn.Module):
         self.img_channels = img_channels
         self.architecture = architecture
 
+        sn = dict(spectral_norm=True) if spectral_norm else {}
         if architecture == 'skip':
-            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
+            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation, **sn)
         self.mbstd = MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels) \
             if mbstd_num_channels > 0 else None
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation,
-                                conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * (resolution ** 2), in_channels, activation=activation)
-        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
+                                conv_clamp=conv_clamp, **sn)
+        self.fc = FullyConnectedLayer(in_channels * (resolution ** 2), in_channels, activation=activation, **sn)
+        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim, **sn)
 
     def forward(self, x, img, cmap, force_fp32=False):
         """x: [N, in_channels, 4, 4] -> scores [N, 1]."""
@@ -831,6 +862,7 @@ class Discriminator(torch.nn.Module):
                  block_kwargs={},            # Arguments for DiscriminatorBlock.
                  mapping_kwargs={},          # Arguments for MappingNetwork.
                  epilogue_kwargs={},         # Arguments for DiscriminatorEpilogue.
+                 spectral_norm=False,        # Spectral normalisation of all conv/fc weights (not the label mapping).
                  ):
         if img_resolution < 4 or img_resolution & (img_resolution - 1) != 0:
             raise ValueError(f'img_resolution must be a power of two >= 4, got {img_resolution}')
@@ -849,6 +881,8 @@ class Discriminator(torch.nn.Module):
             cmap_dim = 0
 
         common_kwargs = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
+        if spectral_norm:
+            common_kwargs['spectral_norm'] = True  # Only passed when on: default init_kwargs stay NVIDIA-like.
         cur_layer_idx = 0
         for res in self.block_resolutions:
             in_channels = channels_dict[res] if res < img_resolution else 0
