@@ -36,7 +36,8 @@ from training import training_loop
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Plugins: module names listed in plugins.txt (one per line) or the GAN_PLUGINS environment variable (comma list).
-# Each provides cli_options() -> list of click options, and make_plugin(options: dict) -> TrainingPlugin or None.
+# Each provides cli_options() -> list of click options and make_plugin(options: dict, training_options) ->
+# TrainingPlugin or None; optionally update_training_options(c, options) and register_metrics(register_metric).
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -414,7 +415,7 @@ def subprocess_fn(rank, c, temp_dir):
     kwargs = {k: v for k, v in c.items() if k not in ('desc', 'precision', 'run_dir', 'plugin_options', 'device')}
     plugins = []
     for module in PLUGIN_MODULES:
-        plugin = module.make_plugin(dict(c.plugin_options))
+        plugin = module.make_plugin(dict(c.plugin_options), c)
         if plugin is not None:
             plugins.append(plugin)
     device = c.device if c.device == 'cpu' else f'cuda:{rank}'

@@ -181,7 +181,8 @@ _PLUGIN_PACKAGES = []
 
 def register_plugin_package(module_name):
     """Add an importable module name that provides `cli_options()` (list of click options) and
-    `make_plugin(options: dict) -> TrainingPlugin or None`."""
+    `make_plugin(options: dict, training_options) -> TrainingPlugin or None` (optionally
+    `update_training_options(c, options)` and `register_metrics(register_metric)`)."""
     if module_name not in _PLUGIN_PACKAGES:
         _PLUGIN_PACKAGES.append(module_name)
 

@@ -1,0 +1,227 @@
+"""Output "deconvolution" heads: one linear map per synthesis resolution from hidden features to an image.
+
+FSR.md section 1: x_l = Deconv_out,l(S_l). Head r maps the block's hidden features S_r [N, C_r, r, r] to
+X_r [N, img_channels, r, r] by a stride-1 transposed convolution with k x k atoms:
+
+    X_r[:, p] = bias + sum_i sum_q S_r[:, i, q] * atom_i[p - q + c],   c = k // 2,
+
+i.e. a hidden unit i active at position q paints its atom (a small [img_channels, k, k] colour patch) with its
+top-left corner at q - c (centred for odd k; for even k the extra row/column is on the far side). The atoms are the
+columns of A in x = A y. Implemented with conv2d_resample as a true convolution (flip_weight=False) with padding
+[(k-1)//2, k//2] per axis, so the output stays r x r; the bias goes through bias_act.
+
+Effective atoms:
+* default: weight * weight_gain with weight_gain = 1 / sqrt(C_r * k * k) (equalised learning rate, like the host's
+  Conv2dLayer / ToRGBLayer; stored weights start N(0, 1));
+* unit_norm_atoms=True: each atom weight[:, i] (over img_channels x k x k, i.e. per hidden channel) is scaled to unit
+  L2 norm in every forward pass (weight normalisation), so the scale of a feature lives in the hidden code.
+
+Initialisation (`init_from_generator`):
+* 'torgb': the 1x1 map of G.synthesis.b<r>.torgb with its style modulation removed, i.e. effective weight
+  torgb.weight * torgb.weight_gain (style 1 for every input channel, `style='unit'`) or
+  torgb.weight * torgb.weight_gain * affine(w_avg) (the style at the mapping network's running mean w, `style='w_avg'`),
+  and bias torgb.bias. For k > 1 (odd) the 1x1 weight is placed in the centre tap, the other taps are 0. With
+  unit_norm_atoms only the atom directions are copied (their norms move out of the head). Blocks without a ToRGB
+  ('orig'/'resnet' architectures below the last block) keep their random initialisation.
+* 'identity': for fine-tuning. The head of the final resolution becomes residual (`residual_final=True` at
+  construction): X_R = img + conv(S_R) with conv weight and bias initialised to 0, where img is the generator's own
+  output passed to forward; so at the start X_R equals G's image exactly, and training moves the head away from it.
+  The other heads get the 'torgb' initialisation (odd k only; with even k they stay random).
+"""
+
+import numpy as np
+import torch
+
+from torch_utils import persistence
+from torch_utils.ops import bias_act
+from torch_utils.ops import conv2d_resample
+
+HEAD_INITS = ('random', 'torgb', 'identity')
+TORGB_STYLES = ('unit', 'w_avg')
+
+
+def _head_padding(kernel_size):
+    """[x0, x1, y0, y1] padding that keeps the output size for a true convolution with a k x k kernel."""
+    lo, hi = (kernel_size - 1) // 2, kernel_size // 2
+    return [lo, hi, lo, hi]
+
+
+@persistence.persistent_class
+class OutputHead(torch.nn.Module):
+    """One resolution's head: S [N, in_channels, r, r] -> X [N, img_channels, r, r] (float32)."""
+
+    def __init__(self, in_channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True, residual=False,
+                 eps=1e-8):
+        super().__init__()
+        for name, value in (('in_channels', in_channels), ('img_channels', img_channels),
+                            ('kernel_size', kernel_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'OutputHead: {name} must be an int >= 1, got {value!r}')
+        self.in_channels = in_channels
+        self.img_channels = img_channels
+        self.kernel_size = kernel_size
+        self.unit_norm_atoms = bool(unit_norm_atoms)
+        self.residual = bool(residual)
+        self.eps = float(eps)
+        self.padding = _head_padding(kernel_size)
+        self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size ** 2))
+        self.weight = torch.nn.Parameter(torch.randn([img_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = torch.nn.Parameter(torch.zeros([img_channels])) if bias else None
+
+    def effective_weight(self):
+        """Convolution weight actually applied: [img_channels, in_channels, k, k] (float32)."""
+        w = self.weight
+        if self.unit_norm_atoms:
+            norm = (w.square().sum(dim=[0, 2, 3], keepdim=True) + self.eps).sqrt()
+            return w / norm
+        return w * self.weight_gain
+
+    def set_effective_weight(self, w, bias=None):
+        """Store parameters so that effective_weight() == w (up to normalisation when unit_norm_atoms)."""
+        w = torch.as_tensor(w, dtype=torch.float32)
+        if w.shape != self.weight.shape:
+            raise ValueError(f'OutputHead: weight must have shape {list(self.weight.shape)}, got {list(w.shape)}')
+        with torch.no_grad():
+            self.weight.copy_(w if self.unit_norm_atoms else w / self.weight_gain)
+            if bias is not None:
+                if self.bias is None:
+                    raise ValueError('OutputHead: this head has no bias')
+                self.bias.copy_(torch.as_tensor(bias, dtype=torch.float32).reshape(self.bias.shape))
+
+    def forward(self, s, img=None):
+        if s.ndim != 4 or s.shape[1] != self.in_channels:
+            raise ValueError(f'OutputHead: features must be [N, {self.in_channels}, r, r], got {list(s.shape)}')
+        s = s.to(torch.float32)
+        x = conv2d_resample.conv2d_resample(x=s, w=self.effective_weight().to(s.dtype), padding=self.padding,
+                                            flip_weight=False)
+        x = bias_act.bias_act(x, self.bias)
+        if self.residual:
+            if img is None:
+                raise ValueError('OutputHead: a residual head needs the generator image (img=...)')
+            if img.shape != x.shape:
+                raise ValueError(f'OutputHead: residual image must have shape {list(x.shape)}, got {list(img.shape)}')
+            x = x + img.to(torch.float32)
+        return x
+
+    def extra_repr(self):
+        return (f'in_channels={self.in_channels}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
+                f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}')
+
+
+@persistence.persistent_class
+class OutputHeads(torch.nn.Module):
+    """Heads for several resolutions. Children are named h<r> (parameters h<r>.weight, h<r>.bias).
+
+    channels: {resolution: hidden channels C_r} (ints). img_channels: image channels. kernel_size: k of every head.
+    unit_norm_atoms: normalise every atom to unit norm. bias: learn a per-image-channel bias. residual_final: the
+    head of the largest resolution adds the generator image passed to forward (see module docstring, 'identity').
+    """
+
+    def __init__(self, channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True,
+                 residual_final=False):
+        super().__init__()
+        if not isinstance(channels, dict) or not channels:
+            raise ValueError(f'OutputHeads: channels must be a non-empty dict {{resolution: channels}}, '
+                             f'got {channels!r}')
+        for r in channels:
+            if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+                raise ValueError(f'OutputHeads: resolutions must be ints >= 1, got {r!r}')
+        self.resolutions = sorted(channels)
+        self.img_channels = int(img_channels)
+        self.kernel_size = int(kernel_size)
+        self.residual_final = bool(residual_final)
+        for r in self.resolutions:
+            residual = self.residual_final and r == self.resolutions[-1]
+            head = OutputHead(int(channels[r]), self.img_channels, kernel_size=self.kernel_size,
+                              unit_norm_atoms=unit_norm_atoms, bias=bias, residual=residual)
+            setattr(self, f'h{r}', head)
+
+    @classmethod
+    def for_generator(cls, G, kernel_size=1, unit_norm_atoms=False, bias=True, init='random', style='unit',
+                      resolutions=None):
+        """Heads matching G's synthesis blocks (all of them, or the given `resolutions`), initialised with `init`
+        ('random', 'torgb' or 'identity'; 'identity' makes the final head residual)."""
+        if init not in HEAD_INITS:
+            raise ValueError(f'head init must be one of {HEAD_INITS}, got {init!r}')
+        synthesis = G.synthesis
+        resolutions = list(synthesis.block_resolutions) if resolutions is None else [int(r) for r in resolutions]
+        for r in resolutions:
+            if r not in synthesis.block_resolutions:
+                raise ValueError(f'OutputHeads: G has no block at resolution {r}; '
+                                 f'blocks: {synthesis.block_resolutions}')
+        channels = {r: int(getattr(synthesis, f'b{r}').conv1.out_channels) for r in resolutions}
+        heads = cls(channels, int(synthesis.img_channels), kernel_size=kernel_size, unit_norm_atoms=unit_norm_atoms,
+                    bias=bias, residual_final=(init == 'identity'))
+        if init != 'random':
+            heads.init_from_generator(G, mode=init, style=style)
+        return heads
+
+    def head(self, r):
+        """The OutputHead module of resolution r."""
+        if r not in self.resolutions:
+            raise KeyError(f'no output head for resolution {r}; heads: {self.resolutions}')
+        return getattr(self, f'h{r}')
+
+    @torch.no_grad()
+    def init_from_generator(self, G, mode='torgb', style='unit'):
+        """Copy G's ToRGB layers into the heads ('torgb') or set up the residual identity start ('identity');
+        see the module docstring for exactly what is copied. Returns the list of resolutions initialised from ToRGB."""
+        if mode not in ('torgb', 'identity'):
+            raise ValueError(f"init mode must be 'torgb' or 'identity', got {mode!r}")
+        if style not in TORGB_STYLES:
+            raise ValueError(f'ToRGB style must be one of {TORGB_STYLES}, got {style!r}')
+        if mode == 'identity':
+            if not self.residual_final:
+                raise ValueError("init mode 'identity' needs heads built with residual_final=True")
+            if self.head(self.resolutions[-1]).unit_norm_atoms:
+                raise ValueError("init mode 'identity' cannot be combined with unit_norm_atoms (a zero atom has no "
+                                 'direction)')
+        if self.kernel_size % 2 == 0 and mode == 'torgb':
+            raise ValueError(f'ToRGB initialisation needs an odd kernel_size (centre tap), got {self.kernel_size}')
+        copied = []
+        for r in self.resolutions:
+            head = self.head(r)
+            if head.residual:
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
+                continue
+            block = getattr(G.synthesis, f'b{r}', None)
+            torgb = getattr(block, 'torgb', None)
+            if torgb is None:
+                continue
+            if self.kernel_size % 2 == 0:
+                continue  # 'identity' with an even kernel: no centre tap, the lower heads stay random.
+            w1 = torgb.weight.detach().to(torch.float32) * torgb.weight_gain  # [img_C, C, 1, 1]
+            if style == 'w_avg':
+                w_avg = G.mapping.w_avg.detach().to(torch.float32).reshape(1, -1)
+                w1 = w1 * torgb.affine(w_avg).reshape(1, -1, 1, 1)
+            if w1.shape[:2] != head.weight.shape[:2]:
+                raise ValueError(f'ToRGB of block {r} has shape {list(w1.shape)}, head expects '
+                                 f'{list(head.weight.shape[:2])}')
+            w = torch.zeros_like(head.weight)
+            c = self.kernel_size // 2
+            w[:, :, c, c] = w1[:, :, 0, 0]
+            head.set_effective_weight(w, torgb.bias.detach() if head.bias is not None else None)
+            copied.append(r)
+        return copied
+
+    def forward(self, features, img=None):
+        """features: {r: S_r [N, C_r, r, r]} (any subset of the heads' resolutions). img: the generator image
+        [N, img_channels, R, R], needed only when residual_final and the final resolution R is in features.
+        Returns {r: X_r [N, img_channels, r, r] float32} for every r in features."""
+        out = {}
+        for r, s in features.items():
+            head = self.head(int(r))
+            if s.shape[-1] != r or s.shape[-2] != r:
+                raise ValueError(f'features at resolution {r} must be [N, C, {r}, {r}], got {list(s.shape)}')
+            out[r] = head(s, img=img if head.residual else None)
+        return out
+
+    def atoms(self, r):
+        """Effective atoms of head r: [num_atoms = C_r, img_channels, k, k] (atom i = weight[:, i]), float32."""
+        return self.head(r).effective_weight().transpose(0, 1)
+
+    def extra_repr(self):
+        return (f'resolutions={self.resolutions}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
+                f'residual_final={self.residual_final}')

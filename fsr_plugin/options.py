@@ -1,0 +1,133 @@
+"""The --fsr* command-line options of train.py and their parsed form (FSRConfig)."""
+
+import dataclasses
+
+import click
+
+
+def _parse_per_layer(text, name):
+    """'0.01' -> 0.01 for every layer; '8:0.1,16:0.05' -> {8: 0.1, 16: 0.05}; '' or None -> None."""
+    if text is None or str(text).strip() == '':
+        return None
+    text = str(text).strip()
+    if ':' not in text:
+        return float(text)
+    out = {}
+    for part in text.split(','):
+        try:
+            r, w = part.split(':')
+            out[int(r)] = float(w)
+        except ValueError:
+            raise click.BadParameter(f'{name}: expected a number or "res:value,res:value", got {text!r}') from None
+    return out
+
+
+@dataclasses.dataclass
+class FSRConfig:
+    enabled: bool = False
+    head_kernel: int = 1
+    head_init: str = 'random'           # random | torgb | identity
+    unit_atoms: bool = False
+    head_lr: float = 1.0                # learning-rate multiplier of the heads
+    pyramid_filter: str = 'box'         # box | fir
+    relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
+    sparsity: str = 'l1'                # none | l1 | hoyer | topk
+    sparsity_weight: object = 0.0       # float (all layers) or {res: weight}
+    sparsity_target: object = None      # None, float or {res: target}
+    sparsity_patch: int = 1
+    pair: bool = True                   # pairwise-resolution discriminators
+    pair_weight: float = 1.0
+    pair_r1: object = None              # R1 gamma of the pair discriminators (None = the host's r1_gamma)
+    pair_channels: int = 32
+    pair_depth: int = 2
+    pair_mbstd: int = 4                 # minibatch-std group size in the pair blocks (0 = off)
+    schedule: str = 'none'              # none | layerwise
+    start_res: object = None
+    stage_kimg: object = None           # float or list of floats
+    fade_kimg: float = 0.0
+    policy: str = 'joint'               # frozen | finetune | joint
+    finetune_lr: float = 0.1
+    diagnostics: bool = False           # add the fsr_* metrics to --metrics
+
+    @classmethod
+    def from_options(cls, opts):
+        """opts: dict of click values keyed by the option names below (fsr, fsr_head_kernel, ...)."""
+        stage_kimg = opts.get('fsr_stage_kimg')
+        if stage_kimg is not None:
+            values = [float(v) for v in str(stage_kimg).split(',')]
+            stage_kimg = values[0] if len(values) == 1 else values
+        return cls(
+            enabled=bool(opts.get('fsr', False)),
+            head_kernel=int(opts.get('fsr_head_kernel') or 1),
+            head_init=opts.get('fsr_head_init') or 'random',
+            unit_atoms=bool(opts.get('fsr_unit_atoms', False)),
+            head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
+            pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
+            relu=bool(opts.get('fsr_relu', False)),
+            sparsity=opts.get('fsr_sparsity') or 'l1',
+            sparsity_weight=_parse_per_layer(opts.get('fsr_sparsity_weight'), '--fsr-sparsity-weight') or 0.0,
+            sparsity_target=_parse_per_layer(opts.get('fsr_sparsity_target'), '--fsr-sparsity-target'),
+            sparsity_patch=int(opts.get('fsr_sparsity_patch') or 1),
+            pair=bool(opts.get('fsr_pair', True)),
+            pair_weight=float(opts.get('fsr_pair_weight') if opts.get('fsr_pair_weight') is not None else 1.0),
+            pair_r1=opts.get('fsr_pair_r1'),
+            pair_channels=int(opts.get('fsr_pair_channels') or 32),
+            pair_depth=int(opts.get('fsr_pair_depth') if opts.get('fsr_pair_depth') is not None else 2),
+            pair_mbstd=int(opts.get('fsr_pair_mbstd') if opts.get('fsr_pair_mbstd') is not None else 4),
+            schedule=opts.get('fsr_schedule') or 'none',
+            start_res=opts.get('fsr_start_res'),
+            stage_kimg=stage_kimg,
+            fade_kimg=float(opts.get('fsr_fade_kimg') or 0.0),
+            policy=opts.get('fsr_policy') or 'joint',
+            finetune_lr=float(opts.get('fsr_finetune_lr') if opts.get('fsr_finetune_lr') is not None else 0.1),
+            diagnostics=bool(opts.get('fsr_diagnostics', False)),
+        )
+
+
+def cli_options():
+    """The click options train.py adds to its command (all start with --fsr)."""
+    return [
+        click.option('--fsr', help='Forward Super-Resolution training (off = plain host training)', type=bool,
+                     default=False, show_default=True),
+        click.option('--fsr-head-kernel', help='FSR output-head kernel size (1 = ToRGB-like, 3/4 = patch atoms)',
+                     type=int, default=1, show_default=True),
+        click.option('--fsr-head-init', help='FSR head initialisation', type=click.Choice(['random', 'torgb',
+                     'identity']), default='random', show_default=True),
+        click.option('--fsr-unit-atoms', help='FSR heads: unit-norm atoms', type=bool, default=False),
+        click.option('--fsr-head-lr', help='FSR heads: learning-rate multiplier', type=float, default=1.0,
+                     show_default=True),
+        click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
+                     default='box', show_default=True),
+        click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,
+                     default=False),
+        click.option('--fsr-sparsity', help='FSR hierarchical-sparsity penalty',
+                     type=click.Choice(['none', 'l1', 'hoyer', 'topk']), default='l1', show_default=True),
+        click.option('--fsr-sparsity-weight', help='FSR sparsity weight: number or "res:w,res:w"', type=str,
+                     default='0', show_default=True),
+        click.option('--fsr-sparsity-target', help='FSR target density: number or "res:t,res:t"', type=str),
+        click.option('--fsr-sparsity-patch', help='FSR sparsity patch size q', type=int, default=1,
+                     show_default=True),
+        click.option('--fsr-pair', help='FSR pairwise-resolution discriminators', type=bool, default=True,
+                     show_default=True),
+        click.option('--fsr-pair-weight', help='FSR pair-discriminator loss weight', type=float, default=1.0,
+                     show_default=True),
+        click.option('--fsr-pair-r1', help='FSR pair-discriminator R1 gamma [default: --gamma]', type=float),
+        click.option('--fsr-pair-channels', help='FSR pair-discriminator channels', type=int, default=32,
+                     show_default=True),
+        click.option('--fsr-pair-depth', help='FSR pair-discriminator conv layers', type=int, default=2,
+                     show_default=True),
+        click.option('--fsr-pair-mbstd', help='FSR pair-discriminator minibatch-std group (0 = off)', type=int,
+                     default=4, show_default=True),
+        click.option('--fsr-schedule', help='FSR stage schedule', type=click.Choice(['none', 'layerwise']),
+                     default='none', show_default=True),
+        click.option('--fsr-start-res', help='FSR first stage resolution', type=int),
+        click.option('--fsr-stage-kimg', help='FSR stage length(s) in kimg (number or comma list)', type=str),
+        click.option('--fsr-fade-kimg', help='FSR fade-in kimg at each new stage', type=float, default=0,
+                     show_default=True),
+        click.option('--fsr-policy', help='FSR lower blocks at later stages',
+                     type=click.Choice(['frozen', 'finetune', 'joint']), default='joint', show_default=True),
+        click.option('--fsr-finetune-lr', help='FSR lr multiplier of lower blocks under --fsr-policy=finetune',
+                     type=float, default=0.1, show_default=True),
+        click.option('--fsr-diagnostics', help='FSR: evaluate the fsr_* diagnostics at every snapshot', type=bool,
+                     default=False),
+    ]

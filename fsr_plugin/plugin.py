@@ -1,0 +1,233 @@
+"""The FSR training plugin: wires heads, real pyramid, sparsity, pair discriminators and the stage schedule into the
+host's training loop through training/hooks.py.
+
+Per generator pass the loop asks the synthesis network once for its per-resolution hidden features S_r; the heads turn
+them into the fake pyramid X_r, the sparsity penalty reads S_r, and the pair discriminators D_r(x_{r/2}, x_r) score
+consecutive levels. The real pyramid is built once per real batch (cached for the D main and D regularisation
+phases). Loss family follows the host's (`loss.loss_type`); R1 on real pairs in the Dreg phase.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from torch_utils import training_stats
+from training import hooks as hooks_lib
+
+from . import fsr_metrics
+from . import pyramid as pyramid_lib
+from .heads import OutputHeads
+from .options import FSRConfig
+from .pair_disc import PairDiscriminators
+from .pair_disc import pair_r1_penalty
+from .schedule import FSRSchedule
+from .sparsity import SparsityPenalty
+
+FSR_METRICS = ['fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels']
+
+
+class FSRPlugin(hooks_lib.TrainingPlugin):
+    """TrainingPlugin of Forward Super-Resolution. cfg: FSRConfig; r1_gamma: the host's R1 weight (default for the
+    pair discriminators); schedule: an FSRSchedule or None."""
+
+    name = 'fsr'
+
+    def __init__(self, cfg, r1_gamma=0.0, schedule=None):
+        self.cfg = cfg
+        self.pair_r1 = float(cfg.pair_r1) if cfg.pair_r1 is not None else float(r1_gamma)
+        self.schedule = schedule
+        self.heads = None
+        self.heads_ema = None
+        self.pairs = None
+        self.sparsity = None
+        self._real_cache = (None, None)
+        self.G = None
+        self.D = None
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def extra_modules(self, G, D, training_set, device):
+        cfg = self.cfg
+        self.G, self.D = G, D
+        self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
+                                               init=cfg.head_init)
+        resolutions = list(G.synthesis.block_resolutions)
+        modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
+        if cfg.pair:
+            self.pairs = PairDiscriminators(resolutions, G.img_channels, channels=cfg.pair_channels,
+                                            depth=cfg.pair_depth, mbstd_group_size=cfg.pair_mbstd)
+            modules['pairs'] = hooks_lib.ExtraModule(self.pairs, side='D')
+        if cfg.sparsity != 'none':
+            weights = cfg.sparsity_weight if isinstance(cfg.sparsity_weight, dict) else \
+                {r: float(cfg.sparsity_weight) for r in resolutions}
+            if any(w > 0 for w in weights.values()):
+                self.sparsity = SparsityPenalty(weights, mode=cfg.sparsity, patch_size=cfg.sparsity_patch,
+                                                target=cfg.sparsity_target)
+        return modules
+
+    def set_ema_modules(self, ema_modules):
+        self.heads_ema = ema_modules.get('heads')
+
+    def wants_generator_features(self):
+        return True
+
+    def has_d_regularisers(self):
+        return self.pairs is not None and self.pair_r1 > 0
+
+    def param_lr_multipliers(self, side, module, modules, stage):
+        if self.schedule is None or side != 'G' or stage is None:
+            return {}
+        return self.schedule.lr_multipliers(module, self.heads, stage)
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _real_pyramid(self, real_img, resolutions):
+        key = (real_img.data_ptr(), tuple(real_img.shape), tuple(resolutions))
+        if self._real_cache[0] != key:
+            pyr = pyramid_lib.build_pyramid(real_img.detach(), resolutions, filter=self.cfg.pyramid_filter)
+            self._real_cache = (key, pyr)
+        return self._real_cache[1]
+
+    @staticmethod
+    def _adv(loss_type, scores, real):
+        """Per-sample adversarial term of the host's loss family: real=True: 'make this look real'."""
+        if loss_type == 'nonsaturating':
+            return F.softplus(-scores) if real else F.softplus(scores)
+        if loss_type == 'hinge':
+            return F.relu(1 - scores) if real else F.relu(1 + scores)
+        return -scores if real else scores
+
+    def loss_terms(self, where, ctx):
+        cfg = self.cfg
+        loss = ctx['loss']
+        terms = {}
+        if where in ('G', 'Dfake'):
+            feats = ctx.get('gen_features') or {}
+            if not feats:
+                return {}
+            grad = torch.enable_grad() if where == 'G' else torch.no_grad()
+            with grad:
+                fake_pyr = self.heads({r: f.float() for r, f in feats.items()}, img=ctx['gen_img'])
+            if where == 'G':
+                if self.sparsity is not None:
+                    penalties, report = self.sparsity(feats)
+                    for name, value in report.items():
+                        training_stats.report(f'FSR/{name}', value)
+                    if penalties:
+                        terms['sparsity'] = sum(penalties.values())
+                if self.pairs is not None:
+                    scores = self.pairs(fake_pyr)
+                    if scores:
+                        adv = [self._adv(loss.loss_type, s, real=True).squeeze(1) for s in scores.values()]
+                        terms['pair_G'] = cfg.pair_weight * sum(adv)
+            elif self.pairs is not None:
+                scores = self.pairs({r: x.detach() for r, x in fake_pyr.items()})
+                if scores:
+                    adv = [self._adv(loss.loss_type, s, real=False).squeeze(1) for s in scores.values()]
+                    for r, s in scores.items():
+                        training_stats.report(f'FSR/pair_scores_fake_r{r}', s)
+                    terms['pair_Dfake'] = cfg.pair_weight * sum(adv)
+        elif where == 'Dreal' and self.pairs is not None:
+            real_img = ctx['real_img']
+            resolutions = [r for r in self.heads.resolutions if r <= real_img.shape[-1]]
+            scores = self.pairs(self._real_pyramid(real_img, resolutions))
+            if scores:
+                for r, s in scores.items():
+                    training_stats.report(f'FSR/pair_scores_real_r{r}', s)
+                adv = [self._adv(loss.loss_type, s, real=True).squeeze(1) for s in scores.values()]
+                terms['pair_Dreal'] = cfg.pair_weight * sum(adv)
+        elif where == 'Dreg' and self.pairs is not None and self.pair_r1 > 0:
+            real_img = ctx['real_img']
+            resolutions = [r for r in self.heads.resolutions if r <= real_img.shape[-1]]
+            pyr = self._real_pyramid(real_img, resolutions)
+            penalties = []
+            for r in self.pairs.levels:
+                if r in pyr and r // 2 in pyr:
+                    x_lo = pyr[r // 2].detach().requires_grad_(True)
+                    x_hi = pyr[r].detach().requires_grad_(True)
+                    penalty = pair_r1_penalty(self.pairs.block(r)(x_lo, x_hi), [x_lo, x_hi])
+                    training_stats.report(f'FSR/pair_r1_r{r}', penalty)
+                    penalties.append(penalty)
+            if penalties:
+                terms['pair_r1'] = sum(penalties) * (self.pair_r1 / 2) * cfg.pair_weight
+        return terms
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def pyramid_fn(self, G, z, c, **G_kwargs):
+        """Per-resolution outputs of G through the EMA heads: {r: X_r}. Used by metrics and generate.py."""
+        heads = self.heads_ema if self.heads_ema is not None else self.heads
+        G_kwargs = {k: v for k, v in G_kwargs.items() if k in ('noise_mode', 'force_fp32', 'truncation_psi')}
+        psi = G_kwargs.pop('truncation_psi', 1)
+        ws = G.mapping(z, c, truncation_psi=psi)
+        img, feats = G.synthesis(ws, return_features=True, **G_kwargs)
+        return heads({r: f.float() for r, f in feats.items()}, img=img)
+
+    def register_metrics(self, register_metric):
+        context = fsr_metrics.FSRMetricContext(
+            pyramid_fn=self.pyramid_fn, get_D=lambda: self.D,
+            head_atoms_fn=lambda G, r: self._head_atoms(r),
+            relu_resolutions=tuple(self.heads.resolutions) if self.cfg.relu else ())
+        fsr_metrics.register_fsr_metrics(register_metric, context)
+
+    def _head_atoms(self, r):
+        heads = self.heads_ema if self.heads_ema is not None else self.heads
+        if heads is None or r not in heads.resolutions:
+            return None
+        return heads.atoms(r).detach().cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Module-level entry points used by train.py (listed in plugins.txt).
+
+def make_schedule(cfg, G_kwargs_resolution):
+    """FSRSchedule for --fsr-schedule=layerwise, else None. G_kwargs_resolution: the data resolution."""
+    if cfg.schedule == 'none':
+        return None
+    resolutions = []
+    r = 4
+    while r <= G_kwargs_resolution:
+        resolutions.append(r)
+        r *= 2
+    start = cfg.start_res if cfg.start_res is not None else min(8, G_kwargs_resolution)
+    num_stages = len([x for x in resolutions if x >= start])
+    if cfg.stage_kimg is None:
+        raise ValueError('--fsr-schedule=layerwise needs --fsr-stage-kimg')
+    stage_kimg = cfg.stage_kimg if isinstance(cfg.stage_kimg, list) else [cfg.stage_kimg] * (num_stages - 1)
+    return FSRSchedule(resolutions, stage_kimg, fade_kimg=cfg.fade_kimg, policy=cfg.policy,
+                       finetune_lr_mult=cfg.finetune_lr, start_res=start)
+
+
+def update_training_options(c, options):
+    """Adjust train.py's options for FSR: ReLU synthesis layers, the stage schedule (host growing, skip D), and the
+    diagnostics metrics. Nothing changes when --fsr is off."""
+    cfg = FSRConfig.from_options(options)
+    if not cfg.enabled:
+        return
+    if cfg.relu:
+        c.G_kwargs.synthesis_kwargs.activation = 'relu'
+    schedule = make_schedule(cfg, c.training_set_kwargs.resolution)
+    if schedule is not None:
+        c.growing_kwargs = dict(schedule.growing_kwargs())
+        c.D_kwargs.architecture = 'skip'
+        c.G_kwargs.synthesis_kwargs.setdefault('architecture', 'skip')
+    if cfg.diagnostics:
+        c.metrics = list(c.metrics) + [m for m in FSR_METRICS if m not in c.metrics]
+    c.desc += '-fsr'
+
+
+def make_plugin(options, training_options=None):
+    """FSRPlugin for the parsed options, or None when --fsr is off."""
+    cfg = FSRConfig.from_options(options)
+    if not cfg.enabled:
+        return None
+    r1_gamma = 0.0
+    schedule = None
+    if training_options is not None:
+        r1_gamma = training_options.get('loss_kwargs', {}).get('r1_gamma', 0.0)
+        schedule = make_schedule(cfg, training_options['training_set_kwargs']['resolution'])
+    return FSRPlugin(cfg, r1_gamma=r1_gamma, schedule=schedule)
+
+
+def register_metrics(register_metric):
+    """Register the fsr_* metric names (without a live plugin: fallbacks documented in fsr_metrics)."""
+    fsr_metrics.register_fsr_metrics(register_metric)
