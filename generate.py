@@ -121,6 +121,33 @@ def generate_images(G, seeds, device, truncation_psi=1.0, class_idx=None, noise_
     return np.concatenate(out)
 
 
+def find_pyramid_module(data):
+    """An EMA extra module of the network file that maps hidden features to per-resolution images (e.g. the FSR
+    plugin's output heads: forward({r: S_r}, img) -> {r: X_r}, attribute `resolutions`), or None."""
+    for name, module in (data.get('extra_modules_ema') or {}).items():
+        if hasattr(module, 'resolutions') and callable(module):
+            return name, module
+    return None
+
+
+def generate_pyramids(G, heads, seeds, device, truncation_psi=1.0, noise_mode='const'):
+    """One row per seed: every level of the heads' pyramid upscaled (nearest) to the top resolution and tiled
+    left to right. Returns [len(seeds), R, R * levels, C] uint8."""
+    rows = []
+    force_fp32 = device.type != 'cuda'
+    for seed in seeds:
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
+        c = torch.zeros([1, G.c_dim], device=device)
+        with torch.no_grad():
+            ws = G.mapping(z, c, truncation_psi=truncation_psi)
+            img, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=force_fp32)
+            levels = heads({r: f.float() for r, f in feats.items() if r in heads.resolutions}, img=img)
+        R = G.img_resolution
+        tiles = [torch.nn.functional.interpolate(levels[r], size=(R, R), mode='nearest') for r in sorted(levels)]
+        rows.append(to_uint8(torch.cat(tiles, dim=3))[0])
+    return np.stack(rows)
+
+
 @click.command()
 @click.option('--network', 'network_path', help='Network pickle or weights file (path or URL).')
 @click.option('--random-init', is_flag=True, help='Use a freshly initialised 32x32 generator instead of --network.')
@@ -129,9 +156,11 @@ def generate_images(G, seeds, device, truncation_psi=1.0, class_idx=None, noise_
 @click.option('--class', 'class_idx', type=int, default=None, help='Class label (conditional networks).')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--grid', default=None, help='Write one grid image COLSxROWS instead of one file per seed.')
+@click.option('--pyramid', is_flag=True, help='Write every resolution of a plugin\'s per-level outputs (e.g. FSR '
+              'heads) side by side, one PNG per seed (pyramidNNNN.png).')
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N.')
 @click.option('--outdir', required=True, type=click.Path(file_okay=False), help='Where to save the images.')
-def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode, grid, device, outdir):
+def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode, grid, pyramid, device, outdir):
     """Generate images from a trained network."""
     tune_cpu_allocator()
     seeds = parse_range(seeds)
@@ -147,9 +176,21 @@ def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode
     else:
         print(f'Loading networks from "{network_path}"...')
         try:
-            G = legacy.load_network(network_path)['G_ema'].to(device)
+            data = legacy.load_network(network_path)
         except legacy.NetworkFileError as e:
             raise click.ClickException(str(e)) from None
+        G = data['G_ema'].to(device)
+        if pyramid:
+            found = find_pyramid_module(data)
+            if found is None:
+                raise click.ClickException(f'{network_path}: has no per-resolution output module '
+                                           f'(train with --fsr to get one)')
+            os.makedirs(outdir, exist_ok=True)
+            rows = generate_pyramids(G, found[1].to(device), seeds, device, truncation_psi, noise_mode)
+            for seed, row in zip(seeds, rows):
+                save_image(row, os.path.join(outdir, f'pyramid{seed:04d}.png'))
+            print(f'Wrote {len(seeds)} pyramids ({found[0]}: {found[1].resolutions}) to {outdir}')
+            return
     os.makedirs(outdir, exist_ok=True)
     images = generate_images(G, seeds, device, truncation_psi, class_idx, noise_mode)
     if grid is not None:

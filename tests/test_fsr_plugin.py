@@ -55,6 +55,15 @@ def test_fsr_training_trains_heads_and_pairs_and_snapshots_them(tmp_path, one_th
     with torch.no_grad():
         pyr = plugin.pyramid_fn(G, torch.randn([2, G.z_dim]), torch.zeros([2, 0]), noise_mode='const')
     assert {r: tuple(x.shape) for r, x in pyr.items()} == {4: (2, 3, 4, 4), 8: (2, 3, 8, 8), 16: (2, 3, 16, 16)}
+    # generate.py --pyramid writes every level side by side.
+    from click.testing import CliRunner
+    import generate
+    import PIL.Image
+    out = tmp_path / 'pyr'
+    res = CliRunner().invoke(generate.main, ['--network', str(tmp_path / 'network-snapshot-000000.pkl'),
+                                             '--seeds', '0-1', '--pyramid', '--outdir', str(out)])
+    assert res.exit_code == 0, res.output
+    assert PIL.Image.open(out / 'pyramid0001.png').size == (3 * 16, 16)
 
 
 def test_layerwise_schedule_freezes_lower_blocks(tmp_path, one_thread):

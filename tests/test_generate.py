@@ -102,3 +102,9 @@ def test_random_init_runs(tmp_path):
                                              '--outdir', str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert PIL.Image.open(os.path.join(tmp_path, 'grid.png')).size == (64, 64)
+
+
+def test_pyramid_needs_a_per_resolution_module(tmp_path):
+    pkl = save(tmp_path, make_G())
+    res = CliRunner().invoke(generate.main, ['--network', pkl, '--pyramid', '--outdir', str(tmp_path / 'p')])
+    assert res.exit_code != 0 and 'no per-resolution output module' in res.output
