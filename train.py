@@ -213,6 +213,8 @@ def setup_training_options(opts):
         args.G_reg_interval = None
     if cfg == 'cifar':
         args.D_kwargs.architecture = 'orig'  # disable residual skip connections
+    if cfg == 'cpu_tiny':
+        args.max_grid_cells = (8, 8)  # smoke-test runs: small image grids
 
     if opts.gamma is not None:
         if opts.gamma < 0:
