@@ -52,3 +52,24 @@ def _seed_everything():
 @pytest.fixture
 def assets_dir():
     return ASSETS_DIR
+
+
+def _single_thread():
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small convolutions are faster so, and two threads on a busy two-core machine
+    spend their time waiting for each other."""
+    yield from _single_thread()
+
+
+@pytest.fixture(scope='module')
+def single_torch_thread():
+    """Module-wide one_thread (use with pytestmark = pytest.mark.usefixtures('single_torch_thread'))."""
+    yield from _single_thread()

@@ -14,13 +14,7 @@ from fsr_plugin.synthetic import FSRTeacher, structured_atoms
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_torch_thread():
-    """Small convolutions run faster on one thread, and much faster than two on a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 # -- matching --------------------------------------------------------------------------------------------------------
 

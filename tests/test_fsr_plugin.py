@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_training import TINY, loop_kwargs, one_thread, params_equal, run_train  # noqa: E402,F401
+from test_training import TINY, loop_kwargs, params_equal, run_train  # noqa: E402
 
 import fsr_plugin  # noqa: E402
 from fsr_plugin.options import FSRConfig  # noqa: E402

@@ -50,14 +50,6 @@ def params_equal(a, b):
     return all(torch.equal(pa[n], pb[n]) for n in pa)
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop.
 
