@@ -74,8 +74,10 @@ def _conv_inputs(groups, transpose=False):
 
 
 def test_conv_module_defaults():
-    assert conv2d_gradfix.enabled is False
-    assert conv2d_gradfix.weight_gradients_disabled is False
+    # A fresh copy: the training loop switches `enabled` on process-wide, and may have run in this worker process.
+    fresh = _fresh_copy(conv2d_gradfix)
+    assert fresh.enabled is False
+    assert fresh.weight_gradients_disabled is False
 
 
 def test_no_weight_gradients_context_restores_flag():
@@ -216,8 +218,17 @@ def np_grid_sample(x, grid):
     return out
 
 
+def _fresh_copy(module):
+    """A newly executed copy of `module` (the training loop flips module flags process-wide)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_fresh_' + module.__name__.replace('.', '_'), module.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return fresh
+
+
 def test_grid_sample_module_attr():
-    assert grid_sample_gradfix.enabled is False
+    assert _fresh_copy(grid_sample_gradfix).enabled is False
 
 
 def test_grid_sample_values():
