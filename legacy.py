@@ -145,7 +145,7 @@ def _our_class(class_name):
     return getattr(networks, class_name)
 
 
-def _generator_kwargs(module, source_name):
+def generator_kwargs_from_module(module, source_name='<network>'):
     """Our Generator kwargs from a StyleGAN2-ADA or StyleGAN3 (networks_stylegan2) generator's init_kwargs."""
     init = copy.deepcopy(dict(module.init_kwargs))
     args = list(module.init_args)
@@ -174,7 +174,8 @@ def _generator_kwargs(module, source_name):
     return kwargs
 
 
-def _discriminator_kwargs(module, source_name):
+def discriminator_kwargs_from_module(module, source_name='<network>'):
+    """Our Discriminator kwargs from a StyleGAN2-ADA or StyleGAN3 discriminator's init_args/init_kwargs."""
     init = copy.deepcopy(dict(module.init_kwargs))
     names = ['c_dim', 'img_resolution', 'img_channels']
     for name, value in zip(names, list(module.init_args)):
@@ -231,8 +232,8 @@ def rebuild_module(module, source_name='<network>'):
         raise NetworkFileError(f'{source_name}: cannot rebuild a {class_name}; only {list(_REBUILDABLE)} are supported')
     if not persistence.is_persistent(module):
         raise NetworkFileError(f'{source_name}: the {class_name} is not a persistent module (no init_kwargs)')
-    kwargs = _generator_kwargs(module, source_name) if class_name == 'Generator' else \
-        _discriminator_kwargs(module, source_name)
+    kwargs = generator_kwargs_from_module(module, source_name) if class_name == 'Generator' else \
+        discriminator_kwargs_from_module(module, source_name)
     try:
         new = _our_class(class_name)(**kwargs)
     except (TypeError, ValueError) as e:

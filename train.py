@@ -355,7 +355,7 @@ def _apply_resume_architecture(args):
         init = dict(module.init_kwargs)
         if key == 'G':
             try:
-                module_kwargs = legacy._generator_kwargs(module, args.resume_pkl)
+                module_kwargs = legacy.generator_kwargs_from_module(module, args.resume_pkl)
             except legacy.NetworkFileError as e:
                 raise UserError(str(e)) from None
             kw.mapping_kwargs = dnnlib.EasyDict(module_kwargs['mapping_kwargs'])
