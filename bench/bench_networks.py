@@ -16,16 +16,16 @@ CPU with float32 master weights; conv_clamp 256). Every mode runs in its own sub
 """
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from bench.bench_child import emit_result, run_child  # noqa: E402
 
 BATCH = 32
 RES = 32
@@ -120,7 +120,7 @@ def child(args):
         out['peak_mb'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         out['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print('RESULT ' + json.dumps(out))
+    emit_result(out)
 
 
 def main():
@@ -139,12 +139,9 @@ def main():
     for mode in args.modes.split(','):
         cmd = [sys.executable, __file__, '--mode', mode, '--what', args.what, '--iters', str(args.iters),
                '--warmup', str(args.warmup), '--device', args.device]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith('RESULT ')]
-        if proc.returncode != 0 or not lines:
-            print(f'{mode}: failed\n{proc.stderr[-3000:]}')
-            continue
-        results.append(json.loads(lines[-1][len('RESULT '):]))
+        result = run_child(cmd, mode)
+        if result is not None:
+            results.append(result)
 
     base = next((r for r in results if r['mode'] == 'fp32'), None)
     print(f'StyleGAN2 32x32, channel_base 4096, channel_max 128, batch {BATCH}, device {args.device}, '

@@ -12,11 +12,12 @@ includes start-up). Prints a table; asserts nothing.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_child import emit_result, run_child  # noqa: E402
 
 
 def child(args):
@@ -54,7 +55,7 @@ def child(args):
     nimg = (later[-1]['Progress/kimg']['mean'] - stats[0]['Progress/kimg']['mean']) * 1000
     out = dict(mode=args.mode, aug=args.aug, img_s=nimg / sec, sec_per_kimg=sec / nimg * 1000,
                threads=torch.get_num_threads(), ticks=len(later))
-    print('RESULT ' + json.dumps(out))
+    emit_result(out)
 
 
 def _opts_from_ctx(ctx):
@@ -82,12 +83,9 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, '--mode', mode, '--aug', args.aug, '--kimg', str(args.kimg),
                    '--tick', str(args.tick), '--workers', str(args.workers), '--outdir', os.path.join(tmp, 'run')]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith('RESULT ')]
-        if proc.returncode != 0 or not lines:
-            print(f'{mode}: failed\n{proc.stderr[-3000:]}')
-            continue
-        results.append(json.loads(lines[-1][len('RESULT '):]))
+            result = run_child(cmd, mode)
+        if result is not None:
+            results.append(result)
     base = next((r for r in results if r['mode'] == 'fp32'), None)
     print(f'Training loop, --cfg=cpu (32x32, channel_base 4096, channel_max 128, batch 32), aug={args.aug}, '
           f'{args.kimg} kimg')
