@@ -27,6 +27,7 @@ class FSRConfig:
     enabled: bool = False
     head_kernel: int = 1
     head_init: str = 'random'           # random | torgb | identity
+    head_style: str = 'unit'            # ToRGB style copied into the heads: unit | w_avg
     unit_atoms: bool = False
     head_lr: float = 1.0                # learning-rate multiplier of the heads
     pyramid_filter: str = 'box'         # box | fir
@@ -60,6 +61,7 @@ class FSRConfig:
             enabled=bool(opts.get('fsr', False)),
             head_kernel=int(opts.get('fsr_head_kernel') or 1),
             head_init=opts.get('fsr_head_init') or 'random',
+            head_style=opts.get('fsr_head_style') or 'unit',
             unit_atoms=bool(opts.get('fsr_unit_atoms', False)),
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
@@ -93,6 +95,9 @@ def cli_options():
                      type=int, default=1, show_default=True),
         click.option('--fsr-head-init', help='FSR head initialisation', type=click.Choice(['random', 'torgb',
                      'identity']), default='random', show_default=True),
+        click.option('--fsr-head-style', help='FSR heads from ToRGB (torgb/identity init): style of the copied ToRGB '
+                     '(unit = all styles 1, w_avg = the style at the mapping network\'s mean w)',
+                     type=click.Choice(['unit', 'w_avg']), default='unit', show_default=True),
         click.option('--fsr-unit-atoms', help='FSR heads: unit-norm atoms', type=bool, default=False),
         click.option('--fsr-head-lr', help='FSR heads: learning-rate multiplier', type=float, default=1.0,
                      show_default=True),

@@ -5,13 +5,26 @@ Per generator pass the loop asks the synthesis network once for its per-resoluti
 them into the fake pyramid X_r, the sparsity penalty reads S_r, and the pair discriminators D_r(x_{r/2}, x_r) score
 consecutive levels. The real pyramid is built once per real batch (cached for the D main and D regularisation
 phases). Loss family follows the host's (`loss.loss_type`); R1 on real pairs in the Dreg phase.
+
+Fine-tuning (`train.py --resume=<pickle>`): the loop builds the heads (`extra_modules`) before it copies the
+pickle's weights into G, so a 'torgb'/'identity' initialisation made there would copy the ToRGB layers of a
+randomly initialised G. The plugin therefore repeats that initialisation once, at the first hook after the weights
+are in place and before the first training step (`on_stage` / `param_lr_multipliers`), from the generator it is
+given then, and copies the result into the EMA heads. Heads that were loaded meanwhile are left alone: restored
+from this run's snapshot (`load_state_dict` was called) or copied from the pickle's own FSR heads (their tensors
+changed since construction; the EMA heads then start from those loaded heads).
 """
 
+import inspect
+
+import click
 import torch
 import torch.nn.functional as F
 
+from torch_utils import misc
 from torch_utils import training_stats
 from training import hooks as hooks_lib
+from training import networks
 
 from . import fsr_metrics
 from . import pyramid as pyramid_lib
@@ -21,6 +34,9 @@ from .pair_disc import PairDiscriminators
 from .pair_disc import pair_r1_penalty
 from .schedule import FSRSchedule
 from .sparsity import SparsityPenalty
+from . import upsampling_disc
+
+UPSAMPLING_DISCRIMINATOR = f'{upsampling_disc.__name__}.UpsamplingDiscriminator'  # class_name for D_kwargs
 
 FSR_METRICS = ['fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels']
 
@@ -42,6 +58,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self._real_cache = (None, None)
         self.G = None
         self.D = None
+        self._heads_as_built = None   # CPU copies of the heads' tensors at construction, until _finish_head_init.
+        self._heads_restored = False  # True once load_state_dict ran (continuing a run: heads come from a snapshot).
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -49,7 +67,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         cfg = self.cfg
         self.G, self.D = G, D
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
-                                               init=cfg.head_init)
+                                               init=cfg.head_init, style=cfg.head_style)
+        self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
         if cfg.pair:
@@ -67,6 +86,38 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def set_ema_modules(self, ema_modules):
         self.heads_ema = ema_modules.get('heads')
 
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        del state  # The heads, pair discriminators and their optimiser state are restored by the host.
+        self._heads_restored = True
+
+    def on_stage(self, stage, G, D, modules):
+        self._finish_head_init(G)
+
+    def _finish_head_init(self, G):
+        """Once, before the first training step and after the loop loaded any pretrained weights: initialise the
+        heads from G ('torgb'/'identity') unless they were loaded, and make the EMA heads equal to the heads."""
+        if self._heads_as_built is None or self.heads is None:
+            return
+        as_built, self._heads_as_built = self._heads_as_built, None
+        if self._heads_restored:
+            return
+        loaded = not _tensors_equal(self.heads, as_built)
+        if loaded:
+            _log('FSR: output heads loaded with the network; EMA heads start from them')
+        elif self.cfg.head_init != 'random':
+            copied = self.heads.init_from_generator(G, mode=self.cfg.head_init, style=self.cfg.head_style)
+            what = f'ToRGB ({self.cfg.head_style} style) at {copied}' if copied else 'no ToRGB'
+            if self.cfg.head_init == 'identity':
+                what += f'; head {self.heads.resolutions[-1]} residual, starts equal to the image'
+            _log(f'FSR: output heads initialised from the generator: {what}')
+        else:
+            return
+        if self.heads_ema is not None:
+            misc.copy_params_and_buffers(self.heads, self.heads_ema, require_all=True)
+
     def wants_generator_features(self):
         return True
 
@@ -74,6 +125,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return self.pairs is not None and self.pair_r1 > 0
 
     def param_lr_multipliers(self, side, module, modules, stage):
+        if side == 'G':
+            self._finish_head_init(module)
         if self.schedule is None or side != 'G' or stage is None:
             return {}
         return self.schedule.lr_multipliers(module, self.heads, stage)
@@ -176,6 +229,24 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return heads.atoms(r).detach().cpu()
 
 
+def _tensor_copies(module):
+    """{name: CPU copy} of every parameter and buffer of module."""
+    return {name: t.detach().to('cpu', copy=True) for name, t in misc.named_params_and_buffers(module)}
+
+
+def _tensors_equal(module, copies):
+    """True if every parameter and buffer of module equals its copy in `copies` (same names, bitwise)."""
+    current = dict(misc.named_params_and_buffers(module))
+    return current.keys() == copies.keys() and all(torch.equal(current[n].detach().cpu(), copies[n]) for n in copies)
+
+
+def _log(msg):
+    """Print once per job (rank 0 when torch.distributed is running)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_rank() == 0:
+        print(msg, flush=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Module-level entry points used by train.py (listed in plugins.txt).
 
@@ -203,16 +274,54 @@ def update_training_options(c, options):
     cfg = FSRConfig.from_options(options)
     if not cfg.enabled:
         return
+    fine_tuning = c.get('resume_pkl') is not None
     if cfg.relu:
+        pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
+                                                         _default_argument(networks.SynthesisLayer, 'activation'))
+        if fine_tuning and pretrained_act != 'relu':
+            print(f'Note: --fsr-relu=1 changes the activation of the generator from {c.resume_pkl}; its starting '
+                  f'images differ from the pretrained ones')
         c.G_kwargs.synthesis_kwargs.activation = 'relu'
     schedule = make_schedule(cfg, c.training_set_kwargs.resolution)
     if schedule is not None:
         c.growing_kwargs = dict(schedule.growing_kwargs())
-        c.D_kwargs.architecture = 'skip'
-        c.G_kwargs.synthesis_kwargs.setdefault('architecture', 'skip')
+        if fine_tuning:
+            _fine_tuning_architecture(c, schedule)
+        else:
+            c.D_kwargs.architecture = 'skip'
+            c.G_kwargs.synthesis_kwargs.setdefault('architecture', 'skip')
     if cfg.diagnostics:
         c.metrics = list(c.metrics) + [m for m in FSR_METRICS if m not in c.metrics]
     c.desc += '-fsr'
+
+
+def _default_argument(cls, name):
+    """Default of constructor argument `name` of cls (looked up past the persistence wrapper's *args, **kwargs)."""
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            return params[name].default
+    raise KeyError(f'{cls.__name__} has no constructor argument {name!r}')
+
+
+def _fine_tuning_architecture(c, schedule):
+    """Fine-tuning with a stage schedule: G and D keep the pickle's architecture (their tensors are copied one by one).
+    Stages below the data resolution need G images there ('skip' G; refused otherwise) and a D that judges them: a
+    'skip' D does natively, any other D is swapped for UpsamplingDiscriminator (same tensors)."""
+    if schedule.start_res == c.training_set_kwargs.resolution:
+        return
+    g_arch = c.G_kwargs.synthesis_kwargs.get('architecture', _default_argument(networks.SynthesisBlock,
+                                                                                'architecture'))
+    if g_arch != 'skip':
+        raise click.UsageError(f'--fsr-schedule=layerwise from {schedule.start_res}x{schedule.start_res}: the '
+                               f'generator in {c.resume_pkl} has architecture {g_arch!r}, which makes no image below '
+                               f'the full resolution; use --fsr-start-res={c.training_set_kwargs.resolution} or a '
+                               f'skip generator')
+    d_arch = c.D_kwargs.get('architecture', _default_argument(networks.Discriminator, 'architecture'))
+    if d_arch != 'skip':
+        c.D_kwargs.class_name = UPSAMPLING_DISCRIMINATOR
+        print(f'FSR: the {d_arch!r} discriminator of {c.resume_pkl} judges the lower stages upsampled to '
+              f'{c.training_set_kwargs.resolution}x{c.training_set_kwargs.resolution}')
 
 
 def make_plugin(options, training_options=None):
