@@ -1,0 +1,437 @@
+"""End-to-end tests of `python -m fsr_plugin.experiments` (FSR.md section 5) at tiny size, plus the report helpers.
+
+The three training experiments (synthetic, real, layerwise) are started once per module as background processes,
+exactly as a user runs them (each one trains with train.py subprocesses), so their runs overlap; sparsity, moments and
+featsim then analyse the synthetic experiment's FSR joint run with --run. Every experiment's report is checked against
+an independent recomputation of at least one of its numbers, from the snapshot (numpy) or from the jsonl it wrote.
+"""
+import glob
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fsr_plugin import experiments
+from fsr_plugin import snapshot_eval
+from fsr_plugin.report import first_number, fmt, fmt_spread, markdown_table, spread
+from fsr_plugin.synthetic import FSRTeacher
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYN_DATA = 'fsr-synthetic:res=16,num=400'
+REAL_DATA = 'toy-shapes:res=8,num=100'
+TINY = ['--cfg=cpu-tiny', '--kimg=1', '--tick=1', '--threads=1', '--eval-images=48', '--train-args=--batch=32']
+TIMEOUT = 600
+
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers.
+
+def _start(args, log_path):
+    log = open(log_path, 'wt')
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-m', 'fsr_plugin.experiments'] + args, cwd=REPO_ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    return dict(proc=proc, log=log, log_path=log_path)
+
+
+def _wait(item):
+    try:
+        item['proc'].wait(timeout=TIMEOUT)
+    finally:
+        item['log'].close()
+    if item['proc'].returncode != 0:
+        with open(item['log_path']) as f:
+            pytest.fail(f'experiment failed (exit {item["proc"].returncode}):\n' + ''.join(f.readlines()[-30:]))
+
+
+def _tables(markdown):
+    """[(headers, rows)] of every markdown table; rows are lists of cell strings."""
+    out, lines = [], markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith('| ') and i + 1 < len(lines) and lines[i + 1].startswith('| ---'):
+            headers = [c.strip() for c in lines[i].strip('|').split(' | ')]
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith('| '):
+                rows.append([c.strip() for c in lines[i].strip().strip('|').split(' | ')])
+                i += 1
+            out.append((headers, rows))
+        else:
+            i += 1
+    return out
+
+
+def _table(markdown, first_header, contains=None):
+    for headers, rows in _tables(markdown):
+        if headers[0] == first_header and (contains is None or contains in headers):
+            return headers, rows
+    raise AssertionError(f'no table starting with {first_header!r} (containing {contains!r})')
+
+
+def _cell(headers, row, name):
+    return row[headers.index(name)]
+
+
+def _read(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def _last_record(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()][-1]
+
+
+def _final_snapshot(run_root):
+    paths = glob.glob(os.path.join(run_root, '*', 'network-snapshot-*.pkl'))
+    assert paths, f'no snapshot under {run_root}'
+    return max(paths)
+
+
+def _load_pickle(path):
+    with open(path, 'rb') as f:
+        return pickle.load(f)
+
+
+def _heads(data):
+    found = [m for m in data['extra_modules_ema'].values() if hasattr(m, 'resolutions')]
+    assert len(found) == 1
+    return found[0]
+
+
+def _hungarian_mean_cos(a, b):
+    """Mean cosine of the optimal one-to-one matching of the rows of a [Na, D] and b [Nb, D] (numpy only)."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    cos = a @ b.T
+    rows, cols = scipy.optimize.linear_sum_assignment(-cos)
+    return cos[rows, cols].mean(), cos[rows, cols]
+
+
+def _close(cell, value, rel=2e-3):
+    """A 4-significant-digit report cell agrees with value."""
+    got = first_number(cell)
+    assert got is not None, f'cell {cell!r} holds no number'
+    assert got == pytest.approx(value, rel=rel, abs=1e-6), f'report {cell!r} vs recomputed {value}'
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The experiments (started together once per module).
+
+@pytest.fixture(scope='module')
+def launched(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('fsr_experiments'))
+    items = {
+        'synthetic': _start(['synthetic', f'--outdir={root}/synthetic', f'--data={SYN_DATA}', '--seeds=0',
+                             '--jobs=2', '--oracle-steps=10', '--oracle-images=32'] + TINY,
+                            os.path.join(root, 'synthetic.log')),
+        'real': _start(['real', f'--outdir={root}/real', f'--data={REAL_DATA}', '--seeds=0', '--jobs=2'] + TINY,
+                       os.path.join(root, 'real.log')),
+        'layerwise': _start(['layerwise', f'--outdir={root}/layerwise', f'--data={SYN_DATA}', '--seeds=0',
+                             '--cfg=cpu-tiny', '--kimg=1', '--stage-kimg=0.5', '--threads=1', '--eval-images=48',
+                             '--train-args=--batch=32'],
+                            os.path.join(root, 'layerwise.log')),
+    }
+    done = {}
+
+    def finished(name):
+        if name not in done:
+            _wait(items[name])
+            done[name] = os.path.join(root, name)
+        return done[name]
+    yield root, finished
+    for item in items.values():
+        if item['proc'].poll() is None:
+            item['proc'].kill()
+            item['proc'].wait()
+        item['log'].close()
+
+
+@pytest.fixture(scope='module')
+def synthetic_dir(launched):
+    return launched[1]('synthetic')
+
+
+@pytest.fixture(scope='module')
+def joint_run(synthetic_dir):
+    runs = glob.glob(os.path.join(synthetic_dir, 'runs', 'joint-seed0', '*', 'training_options.json'))
+    assert len(runs) == 1
+    return os.path.dirname(runs[0])
+
+
+def _analyse(name, outdir, run_dir, *extra):
+    result = CliRunner().invoke(experiments.cli, [name, f'--outdir={outdir}', f'--run={run_dir}',
+                                                  '--eval-images=48', '--threads=1', *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return _read(os.path.join(outdir, 'report.md'))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. synthetic
+
+def test_synthetic_report_matches_independent_atom_recovery(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    # Every train.py command line is in the report, with its arm's flags.
+    assert report.count('python train.py --outdir=') == 3
+    assert '--fsr-schedule=layerwise --fsr-start-res=8 --fsr-stage-kimg=0.5' in report
+    headers, rows = _table(report, 'arm', 'mean matched cos')
+    joint = [r for r in rows if r[0] == 'joint']
+    assert len(joint) == 1 and _cell(headers, joint[0], 'learned atoms') == 'FSR head'
+    assert {r[0] for r in rows} == {'plain', 'joint', 'layerwise', 'oracle'}
+
+    # Independent recomputation: teacher atoms vs the saved EMA head's atoms of the final joint snapshot.
+    teacher = FSRTeacher(resolution=16, seed=0).atoms.double().numpy().reshape(12, -1)
+    data = _load_pickle(_final_snapshot(os.path.join(synthetic_dir, 'runs', 'joint-seed0')))
+    head = _heads(data).h16
+    learned = head.effective_weight().detach().double().transpose(0, 1).reshape(head.in_channels, -1).numpy()
+    mean_cos, matched = _hungarian_mean_cos(teacher, learned)
+    _close(_cell(headers, joint[0], 'mean matched cos'), mean_cos)
+    assert first_number(_cell(headers, joint[0], 'recovered (cos >= 0.9)')) == int((matched >= 0.9).sum())
+
+    # The oracle row agrees with the oracle's json.
+    with open(os.path.join(synthetic_dir, 'eval', 'oracle-seed0.json')) as f:
+        oracle = json.load(f)
+    row = [r for r in rows if r[0] == 'oracle'][0]
+    _close(_cell(headers, row, 'mean matched cos'), oracle['mean_matched_cos'])
+
+
+def test_synthetic_moment_and_swd_tables_match_the_jsonl(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    headers, rows = _table(report, 'arm', 'gap_1 / floor_1')
+    rec = _last_record(os.path.join(synthetic_dir, 'eval', 'plain-seed0', 'metric-fsr_moment_gap.jsonl'))['results']
+    row = [r for r in rows if r[0] == 'plain' and r[1] == '16'][0]
+    _close(_cell(headers, row, 'gap_2 (cov)'), rec['fsr_moment_gap2_res16'])
+    _close(_cell(headers, row, 'gap_1 / floor_1'), rec['fsr_moment_gap1_res16'] / rec['fsr_moment_floor1_res16'])
+    learned = int(rec['fsr_moment_gap1_res16'] <= 2 * rec['fsr_moment_floor1_res16'] and
+                  rec['fsr_moment_gap2_res16'] <= 2 * rec['fsr_moment_floor2_res16'])
+    assert _cell(headers, row, 'within 2x floor (runs)') == f'{learned}/1'
+    headers, rows = _table(report, 'arm', 'SWD')
+    swd = _last_record(os.path.join(synthetic_dir, 'eval', 'layerwise-seed0', 'metric-fsr_swd_levels.jsonl'))
+    row = [r for r in rows if r[0] == 'layerwise' and r[1] == '8'][0]
+    _close(row[2], swd['results']['fsr_swd_res8'])
+    # One moment-gap record per snapshot (2 for a 1-kimg run with --tick=1), and the figures exist.
+    with open(os.path.join(synthetic_dir, 'eval', 'joint-seed0', 'metric-fsr_moment_gap.jsonl')) as f:
+        assert len([line for line in f if line.strip()]) == 2
+    for name in ('pyramid-real', 'pyramid-plain', 'pyramid-joint', 'pyramid-layerwise', 'moments-joint-seed0'):
+        assert Image.open(os.path.join(synthetic_dir, f'{name}.png')).size[0] > 0
+        assert f'({name}.png)' in report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. real
+
+def test_real_report_matches_the_jsonl(launched):
+    outdir = launched[1]('real')
+    report = _read(os.path.join(outdir, 'report.md'))
+    assert report.count('python train.py --outdir=') == 2
+    headers, rows = _table(report, 'arm', 'SWD')
+    for arm in ('baseline', 'fsr'):
+        rec = _last_record(os.path.join(outdir, 'eval', f'toy-shapes-res8-num100-{arm}-seed0',
+                                        'metric-fsr_swd_levels.jsonl'))['results']
+        for r in (4, 8):
+            row = [x for x in rows if x[0] == arm and x[1] == str(r)][0]
+            _close(row[2], rec[f'fsr_swd_res{r}'])
+    headers, rows = _table(report, 'generator', 'Hoyer sparsity (mean)')
+    rec = _last_record(os.path.join(outdir, 'eval', 'toy-shapes-res8-num100-fsr-seed0',
+                                    'metric-fsr_sparsity.jsonl'))['results']
+    row = [x for x in rows if x[0] == 'fsr' and x[1] == '8'][0]
+    _close(_cell(headers, row, 'Hoyer sparsity (mean)'), rec['fsr_sparsity_hoyer_res8'])
+    for name in ('real', 'baseline', 'fsr'):
+        assert os.path.isfile(os.path.join(outdir, f'pyramid-toy-shapes-res8-num100-{name}.png'))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. layerwise
+
+def test_layerwise_stage_table_and_grids(launched):
+    outdir = launched[1]('layerwise')
+    report = _read(os.path.join(outdir, 'report.md'))
+    headers, rows = _table(report, 'stage', 'images into next stage')
+    assert [r[1] for r in rows] == ['8', '16']
+    run_dir = os.path.dirname(glob.glob(os.path.join(outdir, 'runs', 'layerwise-seed0', '*',
+                                                     'training_options.json'))[0])
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        grow = json.load(f)['growing_kwargs']
+    assert grow['resolutions'] == [8, 16] and grow['stage_kimg'] == [0.5]
+    snap = os.path.join(run_dir, _cell(headers, rows[0], 'snapshot'))
+    nimg = _load_pickle(snap)['resume_state']['cur_nimg']
+    assert nimg >= 500                      # the first snapshot at or after the end of stage 1
+    _close(_cell(headers, rows[0], 'snapshot kimg'), nimg / 1000)
+    assert int(_cell(headers, rows[0], 'images into next stage')) == nimg - 500
+    # Stage-1 grid: levels 4 and 8 drawn, level 16 (not trained yet) mid-grey. Rows of 16 px + 2 px gap, x4.
+    grid = np.asarray(Image.open(os.path.join(outdir, 'stage1-res8-seed0.png')).convert('RGB'))
+    factor = 4
+    row16 = grid[2 * 18 * factor:(2 * 18 + 16) * factor, :16 * factor]
+    row8 = grid[18 * factor:(18 + 16) * factor, :16 * factor]
+    assert (row16 == 128).all() and not (row8 == 128).all()
+    assert grid.shape[0] == (3 * 18 - 2) * factor
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4-6 on the synthetic joint run
+
+def test_sparsity_random_init_row_matches_explicit_count(joint_run, tmp_path):
+    report = _analyse('sparsity', str(tmp_path / 'sp'), joint_run, '--sparsity-images=32')
+    headers, rows = _table(report, 'generator', 'active fraction (mean)')
+    data = _load_pickle(_final_snapshot(os.path.dirname(joint_run)))
+    from training.networks import Generator
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        G0 = Generator(**data['G_ema'].init_kwargs).eval()
+    gen = torch.Generator().manual_seed(0)
+    feats = {}
+    with torch.no_grad():
+        for _ in range(2):                         # the metric draws its latents 16 at a time
+            z = torch.randn([16, G0.z_dim], generator=gen)
+            _img, f = G0.synthesis(G0.mapping(z, torch.zeros([16, 0])), return_features=True, force_fp32=True)
+            for r, v in f.items():
+                feats.setdefault(r, []).append(v)
+    for r in (4, 8, 16):
+        active = (torch.cat(feats[r]) != 0).double().numpy()      # ReLU layers: exact non-zeros
+        row = [x for x in rows if x[0] == 'random init' and x[1] == str(r)][0]
+        _close(_cell(headers, row, 'active fraction (mean)'), active.mean(axis=1).mean())
+    assert os.path.isfile(tmp_path / 'sp' / 'sparsity-run-seed0-trained.png')
+
+
+def test_moments_table_matches_the_jsonl(joint_run, tmp_path):
+    report = _analyse('moments', str(tmp_path / 'mo'), joint_run)
+    headers, rows = _table(report, 'kimg', 'gap_1 / floor_1')
+    with open(tmp_path / 'mo' / 'eval' / 'run' / 'metric-fsr_moment_gap.jsonl') as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    assert len(records) == 2 and len(rows) == 2 * 3       # 2 snapshots x levels 4, 8, 16
+    last = records[-1]
+    row = [x for x in rows if x[1] == '16'][-1]
+    _close(row[0], last['cur_nimg'] / 1000)
+    g, fl = last['results']['fsr_moment_gap1_res16'], last['results']['fsr_moment_floor1_res16']
+    _close(_cell(headers, row, 'gap_1'), g)
+    _close(_cell(headers, row, 'gap_1 / floor_1'), g / fl)
+    assert os.path.isfile(tmp_path / 'mo' / 'moments-run-seed0.png')
+
+
+def test_featsim_matches_numpy_hungarian_on_the_snapshot(joint_run, tmp_path):
+    report = _analyse('featsim', str(tmp_path / 'fs'), joint_run)
+    headers, rows = _table(report, 'r', 'mean matched cos')
+    data = _load_pickle(_final_snapshot(os.path.dirname(joint_run)))
+    block = data['D'].b16
+    w1 = (block.fromrgb.weight.detach().double() * block.fromrgb.weight_gain).numpy()[:, :, 0, 0]   # [T, C]
+    w2 = (block.conv0.weight.detach().double() * block.conv0.weight_gain).numpy()                   # [O, T, 3, 3]
+    d_filters = np.einsum('otyx,tc->ocyx', w2, w1).reshape(w2.shape[0], -1)
+    head = _heads(data).h16
+    atoms = head.effective_weight().detach().double().transpose(0, 1).reshape(head.in_channels, -1).numpy()
+    mean_cos, matched = _hungarian_mean_cos(atoms, d_filters)
+    row = [x for x in rows if x[0] == '16'][0]
+    _close(_cell(headers, row, 'mean matched cos'), mean_cos)
+    _close(_cell(headers, row, 'fraction > 0.5'), float((matched > 0.5).mean()))
+    assert os.path.isfile(tmp_path / 'fs' / 'matched-run-seed0-res16.png')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input and dry runs (in-process, fast).
+
+def _invoke(*args):
+    return CliRunner().invoke(experiments.cli, list(args))
+
+
+def test_unknown_data_is_a_clear_error(tmp_path):
+    result = _invoke('synthetic', f'--outdir={tmp_path}', '--data=no-such-dataset')
+    assert result.exit_code == 2
+    assert 'Invalid value for --data' in result.output and 'no-such-dataset' in result.output
+    result = _invoke('real', f'--outdir={tmp_path}', f'--data={tmp_path / "missing.zip"}')
+    assert result.exit_code == 2 and 'missing.zip' in result.output
+    result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={REAL_DATA}')
+    assert result.exit_code == 2 and 'not a synthetic FSR dataset' in result.output
+    assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_missing_or_bad_run_dir_is_a_clear_error(tmp_path):
+    for name in ('sparsity', 'moments', 'featsim'):
+        result = _invoke(name, f'--outdir={tmp_path / "o"}', f'--run={tmp_path / "nope"}')
+        assert result.exit_code == 2
+        assert 'Invalid value for --run' in result.output and 'does not exist' in result.output
+    (tmp_path / 'empty').mkdir()
+    result = _invoke('moments', f'--outdir={tmp_path / "o"}', f'--run={tmp_path / "empty"}')
+    assert result.exit_code == 2 and 'no training_options.json' in result.output
+    result = _invoke('sparsity', f'--outdir={tmp_path / "o"}', f'--network={tmp_path / "x.pkl"}')
+    assert result.exit_code == 2 and 'does not exist' in result.output
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--seeds=0,x')
+    assert result.exit_code == 2 and "'x' is not a seed" in result.output
+    result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--arms=plain,gan')
+    assert result.exit_code == 2 and 'unknown arm(s) gan' in result.output
+    result = _invoke('layerwise', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--start-res=12')
+    assert result.exit_code == 2 and 'not a synthesis resolution' in result.output
+    result = _invoke('layerwise', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--kimg=2', '--stage-kimg=2')
+    assert result.exit_code == 2 and 'nothing of --kimg=2' in result.output
+    result = _invoke('real', f'--outdir={tmp_path}', f'--data={REAL_DATA}', '--cfg=huge')
+    assert result.exit_code == 2 and 'not a train.py preset' in result.output
+
+
+def test_dry_run_prints_the_train_commands(tmp_path):
+    result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--kimg=30', '--seeds=0-1',
+                     '--dry-run')
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if 'train.py' in line]
+    assert len(lines) == 6                      # 3 arms x 2 seeds
+    assert sum('--fsr=1' in line for line in lines) == 4
+    assert sum('--fsr-stage-kimg=15' in line for line in lines) == 2      # 30 kimg over stages 8, 16
+    assert all('--kimg=30' in line and '--metrics=none' in line for line in lines)
+    assert not os.path.exists(tmp_path / 'runs')
+    result = _invoke('featsim', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--dry-run', '--seeds=3')
+    assert result.exit_code == 0 and result.output.count('train.py') == 1 and '--seed=3' in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers of the report and the evaluation.
+
+def test_spread_and_formatting():
+    assert fmt(0.123456) == '0.1235' and fmt(2.0) == '2' and fmt(float('nan')) == 'n/a' and fmt(None) == 'n/a'
+    s = spread([1.0, 2.0, 4.0])
+    assert s['mean'] == pytest.approx(7 / 3) and s['std'] == pytest.approx(np.std([1, 2, 4])) and s['n'] == 3
+    cell = fmt_spread([1.0, 2.0, 4.0])
+    assert cell == f'{fmt(7 / 3)} ± {fmt(np.std([1, 2, 4]))} (1–4, n=3)'
+    assert first_number(cell) == pytest.approx(7 / 3, rel=1e-3) and first_number('n/a') is None
+    assert fmt_spread([0.5]) == '0.5' and fmt_spread([float('nan')]) == 'n/a'
+    table = markdown_table(['a', 'b'], [[1, 'x|y']])
+    assert table.splitlines() == ['| a | b |', '| --- | --- |', '| 1 | x\\|y |']
+    with pytest.raises(ValueError, match='row 0 has 1 cells'):
+        markdown_table(['a', 'b'], [[1]])
+    assert experiments.parse_seeds('0,3-5') == [0, 3, 4, 5]
+    assert experiments.slug('toy-shapes:res=8,num=100') == 'toy-shapes-res8-num100'
+
+
+def test_composed_host_atoms_are_what_conv1_and_torgb_paint():
+    """A unit impulse in conv1's input channel i, through the host's own modulated convolutions, paints exactly atom
+    i (orientation included)."""
+    from training.networks import Generator, modulated_conv2d
+    torch.manual_seed(1)
+    G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3, mapping_kwargs=dict(num_layers=1),
+                  synthesis_kwargs=dict(channel_base=64, channel_max=8)).eval()
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(torch.randn([8]))
+        for p in G.synthesis.b8.conv1.affine.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    atoms = snapshot_eval.composed_host_atoms(G, 8)
+    block, w = G.synthesis.b8, G.mapping.w_avg.reshape(1, -1)
+    for i in (0, 5):
+        x = torch.zeros([1, block.conv1.in_channels, 7, 7])
+        x[0, i, 3, 3] = 1
+        with torch.no_grad():
+            y = modulated_conv2d(x=x, weight=block.conv1.weight, styles=block.conv1.affine(w), padding=1)
+            rgb = modulated_conv2d(x=y, weight=block.torgb.weight,
+                                   styles=block.torgb.affine(w) * block.torgb.weight_gain, demodulate=False)
+        np.testing.assert_allclose(rgb[0, :, 2:5, 2:5].double().numpy(), atoms[i].numpy(), atol=1e-6)
+        assert float(rgb.abs().sum() - rgb[0, :, 2:5, 2:5].abs().sum()) == pytest.approx(0, abs=1e-6)
