@@ -159,7 +159,10 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                 return {}
             grad = torch.enable_grad() if where == 'G' else torch.no_grad()
             with grad:
-                fake_pyr = self.heads({r: f.float() for r, f in feats.items()}, img=ctx['gen_img'])
+                # One float32 copy of the (possibly reduced-precision) features serves the heads and the sparsity
+                # penalty (both work in float32); float32 features pass through as they are.
+                feats = {r: f.float() for r, f in feats.items()}
+                fake_pyr = self.heads(feats, img=ctx['gen_img'])
             if where == 'G':
                 if self.sparsity is not None:
                     penalties, report = self.sparsity(feats)
