@@ -218,6 +218,33 @@ def test_progressive_growing_runs_at_stage_resolution(tmp_path, one_thread):
     assert stats[-1]['Progress/resolution']['mean'] == 16
 
 
+def test_fade_in_blends_the_previous_stage_image_of_the_same_pass():
+    # The fade reuses the skip path's image below the newest block instead of a second synthesis pass; compare it
+    # with the two-pass definition (no noise, so both passes see the same inputs).
+    # A wrong blend weight or a wrong level (e.g. the image two blocks down) moves values by far more than 1e-6.
+    from torch_utils.ops import upfirdn2d
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8, use_noise=False))
+    loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(torch.tensor(0.5)), r1_gamma=0)
+    loss.resolution, loss.fade_alpha = 8, 0.25
+    z = torch.randn([3, 8])
+    c = torch.zeros([3, 0])
+    img, ws, _ = loss.run_G(z, c)
+    low = upfirdn2d.upsample2d(G.synthesis(ws, max_res=4, force_fp32=True), G.synthesis.b4.resample_filter)
+    expected = 0.75 * low + 0.25 * G.synthesis(ws, max_res=8, force_fp32=True)
+    assert img.shape == (3, 3, 8, 8)
+    torch.testing.assert_close(img, expected, rtol=1e-6, atol=1e-6)
+    img_f, _, feats = loss.run_G(z, c, return_features=True)
+    torch.testing.assert_close(img_f, expected, rtol=1e-6, atol=1e-6)
+    assert sorted(feats) == [4, 8]
+    _, prev = G.synthesis(ws, max_res=8, return_prev_img=True)
+    assert prev.shape == (3, 3, 4, 4)
+    with pytest.raises(ValueError, match='return_prev_img'):
+        G.synthesis(ws, max_res=4, return_prev_img=True)
+
+
 def test_discriminator_accepts_lower_resolution_only_with_skip():
     D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, architecture='skip', channel_base=128,
                                channel_max=16)

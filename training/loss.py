@@ -93,21 +93,21 @@ class StyleGAN2Loss:
             kwargs['update_emas'] = update_emas
         if self.resolution is not None:
             kwargs['max_res'] = self.resolution
-        features = None
-        if return_features:
-            img, features = self.G.synthesis(ws, return_features=True, **kwargs)
-        else:
-            img = self.G.synthesis(ws, **kwargs)
-        img = self._fade(img, ws)
+        fading = self.resolution is not None and self.fade_alpha < 1
+        if fading:
+            kwargs['return_prev_img'] = True
+        out = self.G.synthesis(ws, return_features=return_features, **kwargs) if return_features or fading \
+            else (self.G.synthesis(ws, **kwargs),)
+        img = out[0]
+        features = out[1] if return_features else None
+        if fading:
+            img = self._fade(img, out[-1])
         return img, ws, features
 
-    def _fade(self, img, ws):
-        """Progressive fade-in: blend the newest block's image with the upsampled image of the previous stage."""
-        if self.resolution is None or self.fade_alpha >= 1:
-            return img
-        low = self.G.synthesis(ws, max_res=self.resolution // 2)
-        f = self.G.synthesis.b4.resample_filter
-        low = upfirdn2d.upsample2d(low, f)
+    def _fade(self, img, low):
+        """Progressive fade-in: blend the newest block's image [N, C, R, R] with the previous stage's image
+        [N, C, R/2, R/2] of the same pass, upsampled with the synthesis filter."""
+        low = upfirdn2d.upsample2d(low, self.G.synthesis.b4.resample_filter)
         return torch.lerp(low, img, float(self.fade_alpha))
 
     def run_D(self, img, c, blur_sigma=0, update_emas=False):

@@ -586,20 +586,24 @@ class SynthesisNetwork(torch.nn.Module):
             w_idx += block.num_conv
         return out
 
-    def forward(self, ws, return_features=False, max_res=None, **block_kwargs):
-        """Returns the image, or (image, features) with features = {resolution: hidden activations [N, C_r, r, r]}.
+    def forward(self, ws, return_features=False, max_res=None, return_prev_img=False, **block_kwargs):
+        """Returns the image, or a tuple (image, features if return_features, prev_img if return_prev_img).
 
+        features = {resolution: hidden activations [N, C_r, r, r]}.
         max_res: stop after the block of that resolution (the image is then at max_res; needs the 'skip'
         architecture for a meaningful image at intermediate resolutions).
+        return_prev_img: also return the image of the block below the last one run ([N, C, r/2, r/2], the same
+        pass and noise; the 'skip' architecture): what a progressive fade-in blends with, at no extra cost.
         """
         if max_res is not None and max_res not in self.block_resolutions:
             raise ValueError(f'max_res must be one of {self.block_resolutions}, got {max_res}')
         with torch.autograd.profiler.record_function('split_ws'):
             block_ws = self.block_ws(ws)
-        x = img = None
+        x = img = prev_img = None
         features = {}
         for res, cur_ws in zip(self.block_resolutions, block_ws):
             block = getattr(self, f'b{res}')
+            prev_img = img
             if return_features:
                 x, img, features[res] = block(x, img, cur_ws, return_features=True, **block_kwargs)
             else:
@@ -609,9 +613,10 @@ class SynthesisNetwork(torch.nn.Module):
                     raise ValueError(f'max_res={max_res} yields no image with architecture '
                                      f'{block.architecture!r}; use architecture="skip"')
                 break
-        if return_features:
-            return img, features
-        return img
+        if return_prev_img and prev_img is None:
+            raise ValueError('return_prev_img needs a block below the last one run and the "skip" architecture')
+        out = (img,) + ((features,) if return_features else ()) + ((prev_img,) if return_prev_img else ())
+        return out[0] if len(out) == 1 else out
 
     def extra_repr(self):
         return (f'w_dim={self.w_dim:d}, num_ws={self.num_ws:d}, img_resolution={self.img_resolution:d},'
