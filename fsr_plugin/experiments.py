@@ -29,6 +29,7 @@ import torch
 
 import dnnlib
 from fsr_plugin import diagnostics
+from fsr_plugin import fsr_metrics
 from fsr_plugin import matching
 from fsr_plugin import oracle as oracle_lib
 from fsr_plugin import plots
@@ -925,24 +926,6 @@ def moments(**params):
     click.echo(f'wrote {path}')
 
 
-def _d_mode(D, r, k):
-    """Mode of diagnostics.effective_filters_d_first_layer whose filters are k x k at r (as fsr_feature_sim picks
-    it), or None."""
-    block = getattr(D, f'b{r}', None)
-    fromrgb = getattr(block, 'fromrgb', None)
-    if fromrgb is None:
-        return None
-    k1 = int(fromrgb.weight.shape[-1])
-    if k1 == k:
-        return 'fromrgb'
-    second = getattr(block, 'conv0', None)
-    if second is None:
-        second = getattr(block, 'conv', None)
-    if second is not None and k1 + int(second.weight.shape[-1]) - 1 == k:
-        return 'composed'
-    return None
-
-
 @cli.command()
 @_analysis_options
 @click.option('--network', metavar='PKL', default=None, help='Analyse this network pickle instead of training.')
@@ -964,7 +947,7 @@ def featsim(**params):
         all_results.append(rec['results'])
         for r in sorted(per_level(rec['results'], 'fsr_feature_sim_cos_res{r}')):
             atoms = snap.head_atoms(r) if snap.heads is not None else diagnostics.torgb_atoms(snap.G, r)
-            mode = _d_mode(snap.D, r, int(atoms.shape[-1]))
+            mode = fsr_metrics.d_mode_for_kernel(snap.D, r, int(atoms.shape[-1]))
             filters = diagnostics.effective_filters_d_first_layer(snap.D, r, mode=mode)
             png = os.path.join(root, f'matched-{run.name}-res{r}.png')
             plots.plot_matched_filters(filters, atoms, png)

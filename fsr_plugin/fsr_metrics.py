@@ -279,7 +279,7 @@ def _moment_gap_metric(ctx):
     return fsr_moment_gap
 
 
-def _d_mode_for_kernel(D, r, k):
+def d_mode_for_kernel(D, r, k):
     """'fromrgb' or 'composed': the mode of effective_filters_d_first_layer whose filters are k x k, else None."""
     block = getattr(D, f'b{r}', None)
     fromrgb = getattr(block, 'fromrgb', None)
@@ -326,7 +326,7 @@ def _feature_sim_metric(ctx):
                     d_random = [torch.randn(filters.shape, generator=gen, dtype=torch.float64)
                                 for _ in range(ctx.random_draws)]
                 else:
-                    mode = _d_mode_for_kernel(D, r, k)
+                    mode = d_mode_for_kernel(D, r, k)
                     if mode is None:
                         skipped.append(f'{r} (no D first layer with {k}x{k} filters)')
                         continue
