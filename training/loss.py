@@ -94,14 +94,14 @@ class StyleGAN2Loss:
         if self.resolution is not None:
             kwargs['max_res'] = self.resolution
         fading = self.resolution is not None and self.fade_alpha < 1
+        if return_features:
+            kwargs['return_features'] = True
         if fading:
             kwargs['return_prev_img'] = True
-        out = self.G.synthesis(ws, return_features=return_features, **kwargs) if return_features or fading \
-            else (self.G.synthesis(ws, **kwargs),)
-        img = out[0]
+        out = self.G.synthesis(ws, **kwargs)
+        out = out if isinstance(out, tuple) else (out,)
+        img = self._fade(out[0], out[-1]) if fading else out[0]
         features = out[1] if return_features else None
-        if fading:
-            img = self._fade(img, out[-1])
         return img, ws, features
 
     def _fade(self, img, low):
