@@ -20,29 +20,19 @@ import numpy as np
 import PIL.Image
 import torch
 
+import dnnlib
+
 from torch_utils.cpu_allocator import tune_cpu_allocator
 
 import legacy
 
 
 def parse_range(text):
-    """'0,5,10-12' -> [0, 5, 10, 11, 12] (ranges are inclusive)."""
-    values = []
-    for part in str(text).split(','):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r'(\d+)-(\d+)', part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise click.BadParameter(f'range {part!r} is empty (end before start)')
-            values.extend(range(lo, hi + 1))
-        elif re.fullmatch(r'\d+', part):
-            values.append(int(part))
-        else:
-            raise click.BadParameter(f'{part!r} is not an integer or an a-b range')
-    return values
+    """'0,5,10-12' -> [0, 5, 10, 11, 12] (ranges are inclusive); raises click.BadParameter."""
+    try:
+        return dnnlib.util.parse_int_ranges(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def parse_grid(text):

@@ -56,6 +56,33 @@ def format_time(seconds):
 
 
 # ------------------------------------------------------------------------------------------------
+# Command-line lists
+
+
+def parse_int_ranges(text):
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]: non-negative integers and inclusive a-b ranges, in the given order.
+
+    Raises ValueError naming the offending part; empty parts are skipped (the result may be empty).
+    """
+    values = []
+    for part in str(text).split(','):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r'(\d+)-(\d+)', part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ValueError(f'range {part!r} is empty (end before start)')
+            values.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'\d+', part):
+            values.append(int(part))
+        else:
+            raise ValueError(f'{part!r} is not a non-negative integer or an a-b range')
+    return values
+
+
+# ------------------------------------------------------------------------------------------------
 # Tee logger: everything printed to stdout/stderr also goes to a file.
 
 

@@ -49,22 +49,10 @@ GRID_IMAGES = 8
 
 def parse_seeds(text):
     """'0,1,2' or '0-2' (or a mix) -> [0, 1, 2]; raises click.BadParameter."""
-    seeds = []
-    for part in str(text).split(','):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r'(\d+)-(\d+)', part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise click.BadParameter(f'seed range {part!r} is empty', param_hint='--seeds')
-            seeds.extend(range(lo, hi + 1))
-        elif re.fullmatch(r'\d+', part):
-            seeds.append(int(part))
-        else:
-            raise click.BadParameter(f'{part!r} is not a seed (non-negative integer or a-b range)',
-                                     param_hint='--seeds')
+    try:
+        seeds = dnnlib.util.parse_int_ranges(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint='--seeds') from None
     if not seeds:
         raise click.BadParameter('no seed given', param_hint='--seeds')
     if len(set(seeds)) != len(seeds):

@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import click
 import pytest
 import scipy.optimize
 import torch
@@ -369,7 +370,7 @@ def test_missing_or_bad_run_dir_is_a_clear_error(tmp_path):
 
 def test_bad_options_are_clear_errors(tmp_path):
     result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--seeds=0,x')
-    assert result.exit_code == 2 and "'x' is not a seed" in result.output
+    assert result.exit_code == 2 and "--seeds: 'x' is not a non-negative integer" in result.output
     result = _invoke('synthetic', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--arms=plain,gan')
     assert result.exit_code == 2 and 'unknown arm(s) gan' in result.output
     result = _invoke('layerwise', f'--outdir={tmp_path}', f'--data={SYN_DATA}', '--start-res=12')
@@ -410,6 +411,9 @@ def test_spread_and_formatting():
     with pytest.raises(ValueError, match='row 0 has 1 cells'):
         markdown_table(['a', 'b'], [[1]])
     assert experiments.parse_seeds('0,3-5') == [0, 3, 4, 5]
+    for bad, msg in [('', 'no seed'), ('1,1', 'repeated'), ('2-1', 'empty'), ('a', "'a' is not")]:
+        with pytest.raises(click.BadParameter, match=msg):
+            experiments.parse_seeds(bad)
     assert experiments.slug('toy-shapes:res=8,num=100') == 'toy-shapes-res8-num100'
 
 

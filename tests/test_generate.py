@@ -33,7 +33,7 @@ def test_parse_range_and_grid():
     assert generate.parse_range('3') == [3]
     with pytest.raises(click.BadParameter, match='empty'):
         generate.parse_range('5-2')
-    with pytest.raises(click.BadParameter, match='not an integer'):
+    with pytest.raises(click.BadParameter, match='not a non-negative integer'):
         generate.parse_range('a-b')
     assert generate.parse_grid('8x4') == (8, 4)
     with pytest.raises(click.BadParameter):
@@ -108,3 +108,13 @@ def test_pyramid_needs_a_per_resolution_module(tmp_path):
     pkl = save(tmp_path, make_G())
     res = CliRunner().invoke(generate.main, ['--network', pkl, '--pyramid', '--outdir', str(tmp_path / 'p')])
     assert res.exit_code != 0 and 'no per-resolution output module' in res.output
+
+
+def test_parse_int_ranges_is_shared_and_reports_the_bad_part():
+    import dnnlib
+    assert dnnlib.util.parse_int_ranges('3-5, 1,,') == [3, 4, 5, 1]
+    assert dnnlib.util.parse_int_ranges('') == []
+    with pytest.raises(ValueError, match="'x' is not"):
+        dnnlib.util.parse_int_ranges('1,x')
+    with pytest.raises(ValueError, match='empty'):
+        dnnlib.util.parse_int_ranges('4-3')
