@@ -12,6 +12,7 @@ its noise). A grid of those 64 fakes is written to --out.
 
     python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=ours --dnet=ours --kimg=10
     python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=ours --dnet=dcgan --kimg=10 --threads=1
+    python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=dcgan --dnet=dcgan --dcgan-d-norm=batch --kimg=30
 """
 
 import os
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils import cpu_allocator  # noqa: E402
 from training.dataset import ImageFolderDataset  # noqa: E402
-from training.networks import Discriminator, Generator  # noqa: E402
+from training.networks import Discriminator, Generator, MinibatchStdLayer  # noqa: E402
 
 
 class DCGANGenerator(torch.nn.Module):
@@ -52,21 +53,33 @@ class DCGANGenerator(torch.nn.Module):
 
 
 class DCGANDiscriminator(torch.nn.Module):
-    """image [N, C, R, R] -> score [N, 1]."""
+    """image [N, C, R, R] -> score [N, 1].
 
-    def __init__(self, resolution, channels, width=64):
+    norm='batch' puts batch norm after every convolution but the first (the classic DCGAN D): real and fake batches
+    pass separately, so the layer sees each batch's statistics. mbstd > 0 appends a minibatch-std feature (our
+    MinibatchStdLayer, that group size) before the output layer instead.
+    """
+
+    def __init__(self, resolution, channels, width=64, norm='none', mbstd=0):
         super().__init__()
         layers, ch, res = [], channels, resolution
         while res > 4:
-            layers += [torch.nn.Conv2d(ch, width, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+            layers.append(torch.nn.Conv2d(ch, width, 4, 2, 1))
+            if norm == 'batch' and ch != channels:
+                layers.append(torch.nn.BatchNorm2d(width))
+            layers.append(torch.nn.LeakyReLU(0.2))
             ch, width, res = width, width * 2, res // 2
-        self.net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(ch * 16, 1))
+        if mbstd > 0:
+            layers.append(MinibatchStdLayer(mbstd))
+        self.net = torch.nn.Sequential(*layers, torch.nn.Flatten(),
+                                       torch.nn.Linear((ch + (1 if mbstd > 0 else 0)) * 16, 1))
 
     def forward(self, img, c, **_kwargs):
         return self.net(img)
 
 
-def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_lr_mult=0.01):
+def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_lr_mult=0.01, dcgan_d_norm='none',
+          dcgan_d_mbstd=0):
     """Returns (G, D, G optimiser, D optimiser) with each network's customary Adam settings."""
     reg = 16 / 17  # lazy R1 every 16 steps: StyleGAN2's lr/beta correction
     if gnet == 'ours':
@@ -82,7 +95,7 @@ def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_l
                           epilogue_kwargs=dict(mbstd_group_size=mbstd))
         opt_D = torch.optim.Adam(D.parameters(), lr=dlr * reg, betas=(0.0, 0.99 ** reg), eps=1e-8)
     else:
-        D = DCGANDiscriminator(resolution, channels)
+        D = DCGANDiscriminator(resolution, channels, norm=dcgan_d_norm, mbstd=dcgan_d_mbstd)
         opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     return G, D, opt_G, opt_D
 
@@ -105,20 +118,26 @@ def mean_pairwise_distance(x):
               show_default=True)
 @click.option('--gamma', help='R1 weight (every 16 D steps)', type=float, default=0.0064, show_default=True)
 @click.option('--mbstd', help='Minibatch-std group of our D', type=int, default=4, show_default=True)
+@click.option('--dcgan-d-norm', help='Normalisation in the DCGAN D', type=click.Choice(['none', 'batch']),
+              default='none', show_default=True)
+@click.option('--dcgan-d-mbstd', help='Minibatch-std group in the DCGAN D (0 = none)', type=int, default=0,
+              show_default=True)
 @click.option('--every', help='Report interval in kimg', type=float, default=2, show_default=True)
 @click.option('--threads', type=int, default=1, show_default=True)
 @click.option('--max-images', help='Images loaded from --data', type=int, default=20000, show_default=True)
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--out', help='PNG grid of 64 fakes, rewritten at each report', default='collapse_bisect.png',
               show_default=True)
-def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, mbstd, every, threads, max_images, seed, out):
+def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, mbstd, dcgan_d_norm, dcgan_d_mbstd, every,
+         threads, max_images, seed, out):
     cpu_allocator.tune_cpu_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     dataset = ImageFolderDataset(data, max_size=max_images)
     reals = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))]))
     res, channels = dataset.resolution, dataset.num_channels
-    G, D, opt_G, opt_D = build(gnet, dnet, res, channels, glr, dlr, min(mbstd, batch), g_noise, map_lr_mult)
+    G, D, opt_G, opt_D = build(gnet, dnet, res, channels, glr, dlr, min(mbstd, batch), g_noise, map_lr_mult,
+                                  dcgan_d_norm, min(dcgan_d_mbstd, batch))
     c = torch.zeros([batch, 0])
     z_fixed = torch.randn([64, 512], generator=torch.Generator().manual_seed(seed))
     real_div = mean_pairwise_distance(reals[:64].float() / 127.5 - 1)
