@@ -8,11 +8,19 @@ Mixing the two localises a collapse to the loop, to G or to D.
 
 Printed every --every kimg: the losses and `div`, the mean pairwise L2 distance between 64 fakes (fixed z, const
 noise) divided by the same for 64 reals (1.0 = as varied as the data; a collapsed generator falls towards 0 plus
-its noise). A grid of those 64 fakes is written to --out.
+its noise). `div` counts noise speckle as variety; with --classifier (a digit classifier trained by
+bench/mnist_mode_coverage.py) each report also gives the class coverage of 1000 fakes (`covered`, `sure`, `H`,
+`conf`, as defined there), which tells a varied set of digits from one template. A grid of the 64 fakes is written
+to --out.
+
+Levers on the discriminator side: --mbstd/--mbstd-channels (our minibatch-std layer), --dcgan-d-norm/--dcgan-d-mbstd
+(the DCGAN D), and --pack=M (PacGAN: D scores packs of M samples stacked along channels; either D).
 
     python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=ours --dnet=ours --kimg=10
     python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=ours --dnet=dcgan --kimg=10 --threads=1
     python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=dcgan --dnet=dcgan --dcgan-d-norm=batch --kimg=30
+    python bench/collapse_bisect.py --data=datasets/mnist32.zip --gnet=dcgan --dnet=ours --pack=2 --kimg=30 \
+        --classifier=mnist_cls.pt
 """
 
 import os
@@ -78,8 +86,25 @@ class DCGANDiscriminator(torch.nn.Module):
         return self.net(img)
 
 
+class PackedDiscriminator(torch.nn.Module):
+    """PacGAN packing: D scores groups of `pack` samples stacked along channels.
+
+    image [N, C, R, R] -> score [N, 1]: each of the N // pack packs gets one score, repeated for its members, so the
+    per-sample losses keep their scale. N must be divisible by pack.
+    """
+
+    def __init__(self, D, pack):
+        super().__init__()
+        self.D, self.pack = D, pack
+
+    def forward(self, img, c, **kwargs):
+        N, C, H, W = img.shape
+        score = self.D(img.reshape(N // self.pack, self.pack * C, H, W), c[::self.pack], **kwargs)
+        return score.repeat_interleave(self.pack, dim=0)
+
+
 def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_lr_mult=0.01, dcgan_d_norm='none',
-          dcgan_d_mbstd=0):
+          dcgan_d_mbstd=0, mbstd_channels=1, pack=1):
     """Returns (G, D, G optimiser, D optimiser) with each network's customary Adam settings."""
     reg = 16 / 17  # lazy R1 every 16 steps: StyleGAN2's lr/beta correction
     if gnet == 'ours':
@@ -91,12 +116,14 @@ def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_l
         G = DCGANGenerator(512, resolution, channels)
         opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if dnet == 'ours':
-        D = Discriminator(0, resolution, channels, channel_base=4096, channel_max=128,
-                          epilogue_kwargs=dict(mbstd_group_size=mbstd))
+        D = Discriminator(0, resolution, channels * pack, channel_base=4096, channel_max=128,
+                          epilogue_kwargs=dict(mbstd_group_size=mbstd, mbstd_num_channels=mbstd_channels))
         opt_D = torch.optim.Adam(D.parameters(), lr=dlr * reg, betas=(0.0, 0.99 ** reg), eps=1e-8)
     else:
-        D = DCGANDiscriminator(resolution, channels, norm=dcgan_d_norm, mbstd=dcgan_d_mbstd)
+        D = DCGANDiscriminator(resolution, channels * pack, norm=dcgan_d_norm, mbstd=dcgan_d_mbstd)
         opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    if pack > 1:
+        D = PackedDiscriminator(D, pack)
     return G, D, opt_G, opt_D
 
 
@@ -118,6 +145,11 @@ def mean_pairwise_distance(x):
               show_default=True)
 @click.option('--gamma', help='R1 weight (every 16 D steps)', type=float, default=0.0064, show_default=True)
 @click.option('--mbstd', help='Minibatch-std group of our D', type=int, default=4, show_default=True)
+@click.option('--mbstd-channels', help='Minibatch-std features of our D (channels split into this many groups)',
+              type=int, default=1, show_default=True)
+@click.option('--pack', help='PacGAN: D scores packs of this many samples (batch and group sizes must divide)',
+              type=int, default=1, show_default=True)
+@click.option('--classifier', help='Digit classifier from bench/mnist_mode_coverage.py: report class coverage')
 @click.option('--dcgan-d-norm', help='Normalisation in the DCGAN D', type=click.Choice(['none', 'batch']),
               default='none', show_default=True)
 @click.option('--dcgan-d-mbstd', help='Minibatch-std group in the DCGAN D (0 = none)', type=int, default=0,
@@ -128,7 +160,7 @@ def mean_pairwise_distance(x):
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--out', help='PNG grid of 64 fakes, rewritten at each report', default='collapse_bisect.png',
               show_default=True)
-def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, mbstd, dcgan_d_norm, dcgan_d_mbstd, every,
+def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, mbstd, mbstd_channels, pack, classifier, dcgan_d_norm, dcgan_d_mbstd, every,
          threads, max_images, seed, out):
     cpu_allocator.tune_cpu_allocator()
     torch.set_num_threads(threads)
@@ -137,8 +169,16 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, m
     reals = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))]))
     res, channels = dataset.resolution, dataset.num_channels
     G, D, opt_G, opt_D = build(gnet, dnet, res, channels, glr, dlr, min(mbstd, batch), g_noise, map_lr_mult,
-                                  dcgan_d_norm, min(dcgan_d_mbstd, batch))
+                                  dcgan_d_norm, min(dcgan_d_mbstd, batch), mbstd_channels, pack)
     c = torch.zeros([batch, 0])
+    if batch % pack != 0:
+        raise click.ClickException(f'--batch={batch} is not divisible by --pack={pack}')
+    digit_model = None
+    if classifier:
+        from bench.mnist_mode_coverage import DigitClassifier, class_figures  # pylint: disable=import-outside-toplevel
+        digit_model = DigitClassifier()
+        digit_model.load_state_dict(torch.load(classifier, weights_only=True))
+        digit_model.eval()
     z_fixed = torch.randn([64, 512], generator=torch.Generator().manual_seed(seed))
     real_div = mean_pairwise_distance(reals[:64].float() / 127.5 - 1)
     print(f'{gnet} G vs {dnet} D on {data} ({len(dataset)} images, {res}x{res}x{channels}), batch {batch}')
@@ -172,9 +212,16 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, m
             next_report += every
             with torch.no_grad():  # train mode: the DCGAN's batch norm uses the 64 samples' statistics
                 fakes = G(z_fixed, torch.zeros([64, 0]), noise_mode='const', force_fp32=True)
+                coverage = ''
+                if digit_model is not None:
+                    probs = torch.cat([digit_model(G(z, torch.zeros([len(z), 0]), force_fp32=True).clamp(-1, 1)).softmax(1)
+                                       for z in torch.randn([1000, 512], generator=torch.Generator().manual_seed(seed + 1))
+                                       .split(100)])
+                    fig = class_figures(probs)
+                    coverage = f'  covered {fig["covered"]}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  conf {fig["conf"]:.2f}'
             div = mean_pairwise_distance(fakes) / real_div
             print(f'kimg {step * batch / 1e3:6.1f}  {time.time() - start:6.0f} s  loss_D {loss_D.item():.3f}  '
-                  f'loss_G {loss_G.item():.3f}  div {div:.3f}', flush=True)
+                  f'loss_G {loss_G.item():.3f}  div {div:.3f}{coverage}', flush=True)
             grid = ((fakes.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
             grid = grid.reshape(8, 8, channels, res, res).transpose(0, 3, 1, 4, 2).reshape(8 * res, 8 * res, channels)
             PIL.Image.fromarray(grid[:, :, 0] if channels == 1 else grid).save(out)
