@@ -104,21 +104,21 @@ class PackedDiscriminator(torch.nn.Module):
 
 
 def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_lr_mult=0.01, dcgan_d_norm='none',
-          dcgan_d_mbstd=0, mbstd_channels=1, pack=1):
+          dcgan_d_mbstd=0, mbstd_channels=1, pack=1, betas=(0.0, 0.99)):
     """Returns (G, D, G optimiser, D optimiser) with each network's customary Adam settings."""
     reg = 16 / 17  # lazy R1 every 16 steps: StyleGAN2's lr/beta correction
     if gnet == 'ours':
         G = Generator(512, 0, 512, resolution, channels,
                       mapping_kwargs=dict(num_layers=2, lr_multiplier=map_lr_mult),
                       synthesis_kwargs=dict(channel_base=4096, channel_max=128, use_noise=g_noise))
-        opt_G = torch.optim.Adam(G.parameters(), lr=glr, betas=(0.0, 0.99), eps=1e-8)
+        opt_G = torch.optim.Adam(G.parameters(), lr=glr, betas=betas, eps=1e-8)
     else:
         G = DCGANGenerator(512, resolution, channels)
         opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if dnet == 'ours':
         D = Discriminator(0, resolution, channels * pack, channel_base=4096, channel_max=128,
                           epilogue_kwargs=dict(mbstd_group_size=mbstd, mbstd_num_channels=mbstd_channels))
-        opt_D = torch.optim.Adam(D.parameters(), lr=dlr * reg, betas=(0.0, 0.99 ** reg), eps=1e-8)
+        opt_D = torch.optim.Adam(D.parameters(), lr=dlr * reg, betas=(betas[0] ** reg, betas[1] ** reg), eps=1e-8)
     else:
         D = DCGANDiscriminator(resolution, channels * pack, norm=dcgan_d_norm, mbstd=dcgan_d_mbstd)
         opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -140,6 +140,7 @@ def mean_pairwise_distance(x):
 @click.option('--batch', type=int, default=32, show_default=True)
 @click.option('--glr', help='Adam lr of our G', type=float, default=0.0025, show_default=True)
 @click.option('--dlr', help='Adam lr of our D', type=float, default=0.0025, show_default=True)
+@click.option('--betas', help='Adam betas of our G and D', type=(float, float), default=(0.0, 0.99), show_default=True)
 @click.option('--g-noise/--no-g-noise', help='Noise inputs in our G', default=True, show_default=True)
 @click.option('--map-lr-mult', help='Learning-rate multiplier of our mapping network', type=float, default=0.01,
               show_default=True)
@@ -160,7 +161,7 @@ def mean_pairwise_distance(x):
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--out', help='PNG grid of 64 fakes, rewritten at each report', default='collapse_bisect.png',
               show_default=True)
-def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, mbstd, mbstd_channels, pack, classifier, dcgan_d_norm, dcgan_d_mbstd, every,
+def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, gamma, mbstd, mbstd_channels, pack, classifier, dcgan_d_norm, dcgan_d_mbstd, every,
          threads, max_images, seed, out):
     cpu_allocator.tune_cpu_allocator()
     torch.set_num_threads(threads)
@@ -169,7 +170,7 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, g_noise, map_lr_mult, gamma, m
     reals = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))]))
     res, channels = dataset.resolution, dataset.num_channels
     G, D, opt_G, opt_D = build(gnet, dnet, res, channels, glr, dlr, min(mbstd, batch), g_noise, map_lr_mult,
-                                  dcgan_d_norm, min(dcgan_d_mbstd, batch), mbstd_channels, pack)
+                                  dcgan_d_norm, min(dcgan_d_mbstd, batch), mbstd_channels, pack, betas)
     c = torch.zeros([batch, 0])
     if batch % pack != 0:
         raise click.ClickException(f'--batch={batch} is not divisible by --pack={pack}')
