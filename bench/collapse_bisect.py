@@ -105,7 +105,8 @@ class PackedDiscriminator(torch.nn.Module):
 
 def build(gnet, dnet, resolution, channels, glr, dlr, mbstd, g_noise=True, map_lr_mult=0.01, dcgan_d_norm='none',
           dcgan_d_mbstd=0, mbstd_channels=1, pack=1, betas=(0.0, 0.99)):
-    """Returns (G, D, G optimiser, D optimiser) with each network's customary Adam settings."""
+    """Returns (G, D, G optimiser, D optimiser): Adam with `betas` for our networks, the DCGAN's own settings for
+    the DCGAN's; D wrapped in PackedDiscriminator when pack > 1."""
     reg = 16 / 17  # lazy R1 every 16 steps: StyleGAN2's lr/beta correction
     if gnet == 'ours':
         G = Generator(512, 0, 512, resolution, channels,
@@ -161,8 +162,10 @@ def mean_pairwise_distance(x):
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--out', help='PNG grid of 64 fakes, rewritten at each report', default='collapse_bisect.png',
               show_default=True)
-def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, gamma, mbstd, mbstd_channels, pack, classifier, dcgan_d_norm, dcgan_d_mbstd, every,
-         threads, max_images, seed, out):
+def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, gamma, mbstd, mbstd_channels, pack,
+         classifier, dcgan_d_norm, dcgan_d_mbstd, every, threads, max_images, seed, out):
+    if pack < 1 or batch % pack != 0:
+        raise click.ClickException(f'--batch={batch} is not divisible by --pack={pack}')
     cpu_allocator.tune_cpu_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -172,8 +175,6 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, g
     G, D, opt_G, opt_D = build(gnet, dnet, res, channels, glr, dlr, min(mbstd, batch), g_noise, map_lr_mult,
                                   dcgan_d_norm, min(dcgan_d_mbstd, batch), mbstd_channels, pack, betas)
     c = torch.zeros([batch, 0])
-    if batch % pack != 0:
-        raise click.ClickException(f'--batch={batch} is not divisible by --pack={pack}')
     digit_model = None
     if classifier:
         from bench.mnist_mode_coverage import DigitClassifier, class_figures  # pylint: disable=import-outside-toplevel
@@ -215,11 +216,12 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, g
                 fakes = G(z_fixed, torch.zeros([64, 0]), noise_mode='const', force_fp32=True)
                 coverage = ''
                 if digit_model is not None:
-                    probs = torch.cat([digit_model(G(z, torch.zeros([len(z), 0]), force_fp32=True).clamp(-1, 1)).softmax(1)
-                                       for z in torch.randn([1000, 512], generator=torch.Generator().manual_seed(seed + 1))
-                                       .split(100)])
-                    fig = class_figures(probs)
-                    coverage = f'  covered {fig["covered"]}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  conf {fig["conf"]:.2f}'
+                    z_cls = torch.randn([1000, 512], generator=torch.Generator().manual_seed(seed + 1))
+                    fig = class_figures(torch.cat([
+                        digit_model(G(z, torch.zeros([len(z), 0]), force_fp32=True).clamp(-1, 1)).softmax(1)
+                        for z in z_cls.split(100)]))
+                    coverage = (f'  covered {fig["covered"]}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  '
+                                f'conf {fig["conf"]:.2f}')
             div = mean_pairwise_distance(fakes) / real_div
             print(f'kimg {step * batch / 1e3:6.1f}  {time.time() - start:6.0f} s  loss_D {loss_D.item():.3f}  '
                   f'loss_G {loss_G.item():.3f}  div {div:.3f}{coverage}', flush=True)

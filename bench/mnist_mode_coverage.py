@@ -80,7 +80,8 @@ def class_figures(probs):
 
 def format_figures(name, fig, agree=None):
     hist = ' '.join(f'{100 * v:4.1f}' for v in fig['hist'].tolist())
-    line = f'{name:<44s} covered {fig["covered"]:2d}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  conf {fig["conf"]:.2f}  hist [{hist}]'
+    line = (f'{name:<44s} covered {fig["covered"]:2d}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  '
+            f'conf {fig["conf"]:.2f}  hist [{hist}]')
     return line + (f'  agree {agree:.2f}' if agree is not None else '')
 
 
@@ -118,8 +119,8 @@ def train(data, classifier, epochs, holdout, threads, seed):
         model.eval()
         with torch.no_grad():
             pred = torch.cat([model(images[i]).argmax(1) for i in val.split(1000)])
-        print(f'epoch {epoch + 1}  {time.time() - start:5.0f} s  held-out accuracy {(pred == labels[val]).float().mean():.4f}',
-              flush=True)
+        accuracy = (pred == labels[val]).float().mean()
+        print(f'epoch {epoch + 1}  {time.time() - start:5.0f} s  held-out accuracy {accuracy:.4f}', flush=True)
     torch.save(model.state_dict(), classifier)
     print(f'wrote {classifier}')
 
@@ -154,7 +155,8 @@ def score(networks, data, classifier, num, seed, noise_mode, threads):
     images, _labels = load_labelled(data)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]
     with torch.no_grad():
-        print(format_figures(f'reals ({num})', class_figures(torch.cat([model(x).softmax(1) for x in images[pick].split(500)]))))
+        real_probs = torch.cat([model(x).softmax(1) for x in images[pick].split(500)])
+        print(format_figures(f'reals ({num})', class_figures(real_probs)))
         for path in _expand(networks):
             with open(path, 'rb') as f:
                 G = legacy.load_network_pkl(f)['G_ema'].eval()
