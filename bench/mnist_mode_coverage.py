@@ -54,16 +54,19 @@ class DigitClassifier(torch.nn.Module):
         return self.net(x)
 
 
-def load_labelled(data):
-    """-> images float32 [N, 1, 32, 32] in [-1, 1], labels int64 [N]."""
+def load_labelled(data, num=None, seed=0):
+    """-> images float32 [N, 1, 32, 32] in [-1, 1], labels int64 [N]: the whole set, or `num` images drawn with `seed`
+    (only those are decoded)."""
     dataset = ImageFolderDataset(data, use_labels=True)
     if dataset.num_channels != 1 or dataset.resolution != 32:
         raise click.ClickException(f'{data}: expected 32x32 greyscale images, got {dataset.resolution}x'
                                    f'{dataset.resolution}x{dataset.num_channels}')
     if not dataset.has_labels:
         raise click.ClickException(f'{data}: no labels in dataset.json (convert MNIST with dataset_tool.py)')
-    images = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))])).float() / 127.5 - 1
-    labels = torch.as_tensor([int(np.argmax(dataset.get_label(i))) for i in range(len(dataset))])
+    indices = range(len(dataset)) if num is None else \
+        torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num].tolist()
+    images = torch.from_numpy(np.stack([dataset[i][0] for i in indices])).float() / 127.5 - 1
+    labels = torch.as_tensor([int(np.argmax(dataset.get_label(i))) for i in indices])
     return images, labels
 
 
@@ -149,14 +152,14 @@ def _expand(paths):
 def score(networks, data, classifier, num, seed, noise_mode, threads):
     """Classify --num fakes of each G_ema in NETWORKS (pickles or run folders)."""
     torch.set_num_threads(threads)
+    torch.manual_seed(seed)  # the noise inputs draw from the global generator
     model = DigitClassifier()
     model.load_state_dict(torch.load(classifier, weights_only=True))
     model.eval()
-    images, _labels = load_labelled(data)
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]
+    images, _labels = load_labelled(data, num, seed)
     with torch.no_grad():
-        real_probs = torch.cat([model(x).softmax(1) for x in images[pick].split(500)])
-        print(format_figures(f'reals ({num})', class_figures(real_probs)))
+        real_probs = torch.cat([model(x).softmax(1) for x in images.split(500)])
+        print(format_figures(f'reals ({len(images)})', class_figures(real_probs)))
         for path in _expand(networks):
             with open(path, 'rb') as f:
                 G = legacy.load_network_pkl(f)['G_ema'].eval()
