@@ -177,10 +177,9 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, g
     c = torch.zeros([batch, 0])
     digit_model = None
     if classifier:
-        from bench.mnist_mode_coverage import DigitClassifier, class_figures  # pylint: disable=import-outside-toplevel
-        digit_model = DigitClassifier()
-        digit_model.load_state_dict(torch.load(classifier, weights_only=True))
-        digit_model.eval()
+        # pylint: disable-next=import-outside-toplevel
+        from bench.mnist_mode_coverage import class_figures, classify_fakes, load_classifier
+        digit_model = load_classifier(classifier)
     z_fixed = torch.randn([64, 512], generator=torch.Generator().manual_seed(seed))
     real_div = mean_pairwise_distance(reals[:64].float() / 127.5 - 1)
     print(f'{gnet} G vs {dnet} D on {data} ({len(dataset)} images, {res}x{res}x{channels}), batch {batch}')
@@ -218,7 +217,7 @@ def main(data, gnet, dnet, kimg, batch, glr, dlr, betas, g_noise, map_lr_mult, g
                 if digit_model is not None:
                     z_cls = torch.randn([1000, 512], generator=torch.Generator().manual_seed(seed + 1))
                     fig = class_figures(torch.cat([
-                        digit_model(G(z, torch.zeros([len(z), 0]), force_fp32=True).clamp(-1, 1)).softmax(1)
+                        classify_fakes(digit_model, G, z, torch.zeros([len(z), 0]), force_fp32=True)
                         for z in z_cls.split(100)]))
                     coverage = (f'  covered {fig["covered"]}  sure {fig["sure"]:.2f}  H {fig["entropy"]:.2f}  '
                                 f'conf {fig["conf"]:.2f}')

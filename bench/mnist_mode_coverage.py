@@ -54,6 +54,18 @@ class DigitClassifier(torch.nn.Module):
         return self.net(x)
 
 
+def load_classifier(path):
+    """-> DigitClassifier in eval mode with the weights `train` wrote to `path`."""
+    model = DigitClassifier()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def classify_fakes(model, G, z, c, **G_kwargs):
+    """z [N, z_dim], c [N, c_dim] -> class probabilities [N, 10] of G's images (clamped to [-1, 1])."""
+    return model(G(z, c, **G_kwargs).clamp(-1, 1)).softmax(1)
+
+
 def load_labelled(data, num=None, seed=0):
     """-> images float32 [N, 1, 32, 32] in [-1, 1], labels int64 [N]: the whole set, or `num` images drawn with `seed`
     (only those are decoded)."""
@@ -153,9 +165,7 @@ def score(networks, data, classifier, num, seed, noise_mode, threads):
     """Classify --num fakes of each G_ema in NETWORKS (pickles or run folders)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)  # the noise inputs draw from the global generator
-    model = DigitClassifier()
-    model.load_state_dict(torch.load(classifier, weights_only=True))
-    model.eval()
+    model = load_classifier(classifier)
     images, _labels = load_labelled(data, num, seed)
     with torch.no_grad():
         real_probs = torch.cat([model(x).softmax(1) for x in images.split(500)])
@@ -172,8 +182,7 @@ def score(networks, data, classifier, num, seed, noise_mode, threads):
                 if G.c_dim:
                     cls = torch.randint(G.c_dim, [n], generator=gen)
                     c[torch.arange(n), cls] = 1
-                img = G(z, c, noise_mode=noise_mode, force_fp32=True).clamp(-1, 1)
-                p = model(img).softmax(1)
+                p = classify_fakes(model, G, z, c, noise_mode=noise_mode, force_fp32=True)
                 probs.append(p)
                 if G.c_dim:
                     agree.append((p.argmax(1) == cls).float())

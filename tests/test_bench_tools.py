@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.collapse_bisect import PackedDiscriminator
-from bench.mnist_mode_coverage import DigitClassifier, class_figures
+from bench.mnist_mode_coverage import DigitClassifier, class_figures, classify_fakes
 
 
 def test_class_figures_hand_computed():
@@ -57,3 +57,17 @@ def test_packed_discriminator_scores_packs():
     assert torch.equal(packed[1], torch.cat([img[3], img[4], img[5]]))  # consecutive samples form a pack
     expected = torch.stack([img[:3].sum(), img[3:].sum()]).repeat_interleave(3)[:, None]
     assert torch.equal(scores, expected)
+
+
+def test_classify_fakes_clamps_and_normalises():
+    torch.manual_seed(0)
+    model = DigitClassifier().eval()
+    z = torch.randn([4, 8])
+
+    def G(z, c, scale=1.0):  # stand-in generator: images far outside [-1, 1]
+        return z.mean(1).reshape(-1, 1, 1, 1).expand(-1, 1, 32, 32) * 100 * scale
+
+    probs = classify_fakes(model, G, z, torch.zeros([4, 0]), scale=2.0)
+    expected = model(G(z, None, scale=2.0).clamp(-1, 1)).softmax(1)
+    assert torch.allclose(probs, expected)
+    assert torch.allclose(probs.sum(1), torch.ones(4))
