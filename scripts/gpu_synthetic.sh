@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The synthetic-teacher experiment (plain host vs FSR joint vs FSR layer-wise, equal budget) trained and evaluated on
+# one CUDA GPU, all runs at once. Usage: KIMG=100 SEEDS=0 bash scripts/gpu_synthetic.sh
+# Writes $OUT/synthetic.tar.gz (report, figures, metric jsonl, logs, sample grids; no pickles) and $OUT/synthetic.log.
+set -u
+cd "$(dirname "$0")/.."
+O=${OUT:-/tmp/gpu_synthetic}
+mkdir -p "$O"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+KIMG=${KIMG:-100}
+SEEDS=${SEEDS:-0}
+JOBS=$(( 3 * $(echo "$SEEDS" | tr ',' '\n' | wc -l) ))
+D=/tmp/exp-synthetic
+rm -rf "$D"
+start=$(date +%s)
+timeout "${LIMIT_S:-3000}" $PY -m fsr_plugin.experiments synthetic --outdir="$D" --kimg="$KIMG" --seeds="$SEEDS" \
+  --jobs="$JOBS" --threads=2 --device="${DEV:-cuda}" --train-args="--device=${DEV:-cuda} ${TRAIN_ARGS:-}" ${EXP_ARGS:-} \
+  >"$O/synthetic.log" 2>&1
+echo "experiment rc $? after $(( $(date +%s) - start )) s"
+tail -40 "$O/synthetic.log"
+cd "$D" && find . \( -name '*.md' -o -name '*.png' -o -name '*.jsonl' -o -name '*.json' -o -name 'log.txt' \) >/tmp/keep.txt
+tar czf "$O/synthetic.tar.gz" -T /tmp/keep.txt
+ls -la "$O"
+[ -f report.md ] && cat report.md | head -80
