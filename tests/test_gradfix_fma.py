@@ -249,3 +249,35 @@ def test_grid_sample_first_and_second_derivative_wrt_input():
     (g,) = torch.autograd.grad(fn(x), x, dy)
     (g_ref,) = torch.autograd.grad(F.grid_sample(x, grid, align_corners=False), x, dy)
     torch.testing.assert_close(g, g_ref)
+
+
+def test_double_backward_path_matches_torch_and_is_twice_differentiable():
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(2, 3, 4, 2, dtype=torch.float64) * 2.4 - 1.2).requires_grad_(True)
+    fn = grid_sample_gradfix.grid_sample_double_backward
+    y = fn(x, grid)
+    y_ref = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    dy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, grid), dy), torch.autograd.grad(y_ref, (x, grid), dy))
+    assert torch.autograd.gradcheck(fn, (x, grid))
+    assert torch.autograd.gradgradcheck(lambda x_: fn(x_, grid.detach()), (x,))
+    # R1-style: d/dv of ||S^T v||^2 where v depends on a parameter, against the same through torch's CPU op.
+    w = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def r1(sample):
+        xi = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad((sample(xi, grid.detach()) * w).sum(), xi, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), w)[0]
+    ref = r1(lambda a, b: F.grid_sample(a, b, mode='bilinear', padding_mode='zeros', align_corners=False))
+    torch.testing.assert_close(r1(fn), ref)
+
+
+def test_routing_cpu_takes_torch_op_and_bad_shapes_are_named(monkeypatch):
+    monkeypatch.setattr(grid_sample_gradfix, 'enabled', True)
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    grid = torch.zeros(1, 2, 2, 2)
+    assert 'GridSampler2D' in type(grid_sample_gradfix.grid_sample(x, grid).grad_fn).__name__
+    assert '_GridSampleForward' in type(grid_sample_gradfix.grid_sample_double_backward(x, grid).grad_fn).__name__
+    with pytest.raises(ValueError, match=r'grid \[N, Ho, Wo, 2\]'):
+        grid_sample_gradfix.grid_sample_double_backward(x, torch.zeros(1, 2, 2, 3))

@@ -412,7 +412,10 @@ def test_plugin_sources_compile_with_nvcc():
 @pytest.mark.parametrize('dtype', [torch.float16, torch.float32, torch.float64])
 def test_cuda_matches_reference(dtype):
     assert ufd._cuda_kernel() is not None, 'upfirdn2d plugin failed to build'
-    tol = dict(rtol=2e-3, atol=2e-3) if dtype == torch.float16 else dict(rtol=1e-5, atol=1e-5)
+    # float16: a 1-D filter runs as two passes with a float16 intermediate, whose rounding is carried through the
+    # unnormalised second pass. Emulating exactly that on the CPU (float16 after each pass) over 900 draws of these
+    # cases gave errors up to 0.026, 0.70 of this tolerance; an H200 gave 0.0059 at a value of 1.03.
+    tol = dict(rtol=4e-3, atol=1.2e-2) if dtype == torch.float16 else dict(rtol=1e-5, atol=1e-5)
     for fname in ['1d_odd', '2d_general', '2d_rank1', 'none']:
         f = None if FILTERS[fname] is None else torch.tensor(FILTERS[fname], dtype=torch.float32)
         for up, down, padding, flip in [(2, 1, [2, 1, 2, 1], False), ([1, 3], [2, 1], [1, -1, 0, 2], True),
