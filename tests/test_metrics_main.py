@@ -177,6 +177,32 @@ def test_fid_end_to_end_zero_for_replay_and_matches_direct_formula():
     assert fid_shift == pytest.approx(direct, rel=1e-5) and fid_shift > 1e-3
 
 
+def test_calc_metric_draws_from_its_own_seed_and_restores_the_callers_rng():
+    import random
+
+    @metric_main.register_metric
+    def rng_draws(opts):
+        del opts
+        return dict(t=torch.rand([]).item(), n=np.random.rand(), p=random.random())
+
+    def caller_draws():
+        return torch.rand([]).item(), np.random.rand(), random.random()
+    try:
+        torch.manual_seed(5), np.random.seed(5), random.seed(5)
+        expected_next = caller_draws()
+        torch.manual_seed(5), np.random.seed(5), random.seed(5)
+        first = metric_main.calc_metric('rng_draws', device='cpu').results
+        assert caller_draws() == expected_next  # the caller's streams are where they were
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
+        assert metric_main.calc_metric('rng_draws', device='cpu').results == first  # independent of the caller
+        other = metric_main.calc_metric('rng_draws', device='cpu', seed=1).results
+        assert other['t'] != first['t'] and other['n'] != first['n'] and other['p'] != first['p']
+        torch.manual_seed(0)
+        assert first['t'] == torch.rand([]).item()  # seed 0 + rank 0 is the metric's stream
+    finally:
+        metric_main.unregister_metric('rng_draws')
+
+
 @pytest.mark.cuda
 def test_fid_and_swd_end_to_end_on_cuda_match_cpu():
     shifted = dataset_images(shift=25)

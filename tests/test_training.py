@@ -98,6 +98,31 @@ def test_loop_is_deterministic_for_a_seed(tmp_path, one_thread):
     assert not params_equal(r1['G'], r3['G'])
 
 
+def test_metrics_do_not_change_the_training_run(tmp_path, one_thread):
+    """A metric draws random numbers (a different amount on each call, as a metric does whose dataset statistics
+    are computed once and then cached); the run must still equal one without metrics."""
+    import random
+
+    from metrics import metric_main
+    calls = []
+
+    @metric_main.register_metric
+    def rng_eater(opts):
+        del opts
+        calls.append(1)
+        torch.randn(17 * len(calls)), np.random.rand(3 * len(calls)), random.random()
+        return dict(rng_eater=float(len(calls)))
+    try:
+        os.makedirs(tmp_path / 'a'), os.makedirs(tmp_path / 'b')
+        a = training_loop.training_loop(**loop_kwargs(tmp_path / 'a', 0.096, network_snapshot_ticks=1,
+                                                      metrics=['rng_eater']))
+        b = training_loop.training_loop(**loop_kwargs(tmp_path / 'b', 0.096, network_snapshot_ticks=1))
+    finally:
+        metric_main.unregister_metric('rng_eater')
+    assert len(calls) >= 3
+    assert params_equal(a['G'], b['G']) and params_equal(a['D'], b['D'])
+
+
 def loop_kwargs_mkdir(path, total_kimg, **extra):
     os.makedirs(path, exist_ok=True)
     return loop_kwargs(path, total_kimg, network_snapshot_ticks=None, **extra)
