@@ -31,15 +31,12 @@ A plugin with its own per-resolution generator outputs registers per-level metri
     # result keys are the base keys with a suffix: swd2k_res8, swd2k_lvl8_res8, swd2k_res16, ...
 """
 
-import contextlib
 import copy
 import json
 import os
-import random
 import re
 import time
 
-import numpy as np
 import torch
 
 import dnnlib
@@ -98,15 +95,15 @@ def calc_metric(metric, seed=0, **kwargs):
 
     The metric's random draws from the global generators (latents, labels, noise inputs) start from `seed` + rank,
     and the caller's global random states (torch CPU and the metric's CUDA device, numpy, python) are restored
-    afterwards. So a metric's value does not depend on what ran before it (e.g. on whether the dataset statistics
-    came from the cache, whose computation draws numbers), and a training run that evaluates metrics continues
-    exactly as one that does not."""
+    afterwards; work that runs or not depending on caches (dataset statistics, detector loading) leaves the global
+    generators as it found them. So a metric's value does not depend on what ran before it, and a training run that
+    evaluates metrics continues exactly as one that does not."""
     if not is_valid_metric(metric):
         raise ValueError(f'unknown metric {metric!r}; valid metrics: {", ".join(list_valid_metrics())}')
     opts = metric_utils.MetricOptions(**kwargs)
 
     start_time = time.time()
-    with isolated_rng(seed + opts.rank, opts.device):
+    with metric_utils.isolated_rng(seed + opts.rank, opts.device):
         results = _metric_dict[metric](opts)
     total_time = time.time() - start_time
     if not isinstance(results, dict):
@@ -122,27 +119,6 @@ def calc_metric(metric, seed=0, **kwargs):
 
     return dnnlib.EasyDict(results=dnnlib.EasyDict(results), metric=metric, total_time=total_time,
                            total_time_str=dnnlib.util.format_time(total_time), num_gpus=opts.num_gpus)
-
-
-@contextlib.contextmanager
-def isolated_rng(seed, device):
-    """Run the body with torch (CPU and, for a CUDA `device`, that device), numpy and python global generators
-    seeded with `seed`; restore the caller's states on exit."""
-    device = torch.device(device) if device is not None else torch.device('cpu')
-    cuda_devices = [device] if device.type == 'cuda' else []
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.random.default_generator.manual_seed(seed)
-            if cuda_devices:
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
-            np.random.seed(seed % 2 ** 32)
-            random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None):

@@ -13,11 +13,13 @@ metric's device copy of G; modules it needs beyond G are its own business), else
 full-resolution output is converted to uint8 and downscaled exactly like the real images.
 """
 
+import contextlib
 import copy
 import hashlib
 import inspect
 import os
 import pickle
+import random
 import re
 import time
 import uuid
@@ -133,10 +135,43 @@ def get_feature_detector_name(url):
 
 
 def get_feature_detector(url, device=torch.device('cpu'), num_gpus=1, rank=0, verbose=False, dtype=torch.float32):
-    """Load (once per url/device, cached by ``metrics.detectors``) the detector module at a path or URL."""
+    """Load (once per url/device, cached by ``metrics.detectors``) the detector module at a path or URL. Leaves the
+    global random generators as it found them (building a module draws its initial weights)."""
     from metrics import detectors  # imported lazily: the formulas and utilities work without it
-    return detectors.get_feature_detector(url, device=device, num_gpus=num_gpus, rank=rank, verbose=verbose,
-                                          dtype=dtype)
+    with preserved_rng(device):
+        return detectors.get_feature_detector(url, device=device, num_gpus=num_gpus, rank=rank, verbose=verbose,
+                                              dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Global random state around metrics.
+
+
+@contextlib.contextmanager
+def preserved_rng(device=None):
+    """Restore the global generators (torch CPU and, for a CUDA `device`, that device; numpy; python) on exit."""
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed, device=None):
+    """preserved_rng, with the body's global generators seeded with `seed`."""
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    with preserved_rng(device):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == 'cuda':
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        random.seed(seed)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -504,14 +539,17 @@ def compute_feature_stats_for_dataset(opts, detector_url, detector_kwargs, rel_l
                                         rank=opts.rank, verbose=progress.verbose)
 
     item_subset = [(i * opts.num_gpus + opts.rank) % num_items for i in range((num_items - 1) // opts.num_gpus + 1)]
-    loader = torch.utils.data.DataLoader(dataset=dataset, sampler=item_subset, batch_size=batch_size,
-                                         **data_loader_kwargs)
-    for images, _labels in loader:
-        images = _prepare_for_detector(torch.as_tensor(images).to(opts.device), resolution, opts.pyramid_filter,
-                                       gray_to_rgb)
-        features = detector(images, **detector_kwargs)
-        stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
-        progress.update(stats.num_items)
+    # The pass runs only on a cache miss, so it must leave the global generators as it found them (creating the
+    # loader's iterator draws its workers' base seed from torch's global generator).
+    with preserved_rng(opts.device):
+        loader = torch.utils.data.DataLoader(dataset=dataset, sampler=item_subset, batch_size=batch_size,
+                                             **data_loader_kwargs)
+        for images, _labels in loader:
+            images = _prepare_for_detector(torch.as_tensor(images).to(opts.device), resolution, opts.pyramid_filter,
+                                           gray_to_rgb)
+            features = detector(images, **detector_kwargs)
+            stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
+            progress.update(stats.num_items)
 
     if cache_file is not None and opts.rank == 0:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)

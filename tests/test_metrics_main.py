@@ -2,6 +2,7 @@
 a generator that replays the dataset (so exact answers are known), per-resolution metrics, PPL, and a two-process
 (gloo) run of the gather / broadcast paths."""
 
+import glob
 import json
 import os
 
@@ -201,6 +202,20 @@ def test_calc_metric_draws_from_its_own_seed_and_restores_the_callers_rng():
         assert first['t'] == torch.rand([]).item()  # seed 0 + rank 0 is the metric's stream
     finally:
         metric_main.unregister_metric('rng_draws')
+
+
+def test_metric_value_does_not_depend_on_the_dataset_cache(tmp_path, monkeypatch):
+    """The real-image pass runs only on a cache miss; the fakes must be the same either way."""
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    torch.manual_seed(1)
+    G = TinyGenerator(noise_strength=0.5)
+    kw = dict(G=G, dataset_kwargs=memory_dataset_kwargs(num_images=64, resolution=16, channels=3, seed=2),
+              device='cpu', data_loader_kwargs=dict(num_workers=0))
+    miss = metric_main.calc_metric('fake_swd64', **kw).results
+    assert glob.glob(str(tmp_path / 'cache' / 'gan-metrics' / '*.pkl'))
+    hit = metric_main.calc_metric('fake_swd64', **kw).results
+    assert hit == miss
+    assert metric_main.calc_metric('fake_swd64', seed=3, **kw).results != miss
 
 
 @pytest.mark.cuda
