@@ -7,6 +7,8 @@
 #   4. train.py throughput on the GPU: --cfg=cpu host and --fsr (the synthetic experiment's FSR settings), and
 #      --cfg=paper256 at 256x256.
 # Logs go to $OUT (or /tmp/gpu_check); every stage runs even if an earlier one fails. Usage: bash scripts/gpu_check.sh
+# On an H200 (2026-12-04) the test stage took 250 s (kernel builds included) and the benchmarks 55 s; the training
+# stage needs about 5 more minutes, so give the call 10 minutes.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp/gpu_check}
@@ -22,7 +24,7 @@ stamp environment
 tail -3 "$O/env.txt"
 
 stamp tests
-timeout 300 $PY -m pytest -p no:cacheprovider -q -rs -m "cuda or nvcc" tests >"$O/tests.log" 2>&1
+timeout 300 $PY -m pytest -p no:cacheprovider -q -rs --durations=15 -m "cuda or nvcc" tests >"$O/tests.log" 2>&1
 echo "pytest rc $?"; tail -5 "$O/tests.log"
 
 stamp benchmarks

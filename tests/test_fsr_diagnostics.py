@@ -394,6 +394,30 @@ def test_moment_gap_metric_equals_floor_for_a_generator_replaying_real_b(tiny_da
                                                                          'fsr_moment_gap1_res4', 'fsr_moment_gap1_res8']
 
 
+def test_moment_gap_reuses_the_real_moments_for_later_snapshots(tiny_dataset, monkeypatch):
+    """The real side depends only on data, sample and pyramid: computed once, then served from memory with the
+    same values; another sample size is computed afresh."""
+    from training import dataset as dataset_module
+    monkeypatch.setattr(fsr_metrics, '_REAL_MOMENTS_CACHE', type(fsr_metrics._REAL_MOMENTS_CACHE)())
+    reads = []
+    original = dataset_module.Dataset.__getitem__
+    monkeypatch.setattr(dataset_module.Dataset, '__getitem__', lambda self, i: reads.append(i) or original(self, i))
+    ctx = fsr_metrics.FSRMetricContext(moment_images=6)
+
+    def seeded_G(seed):
+        torch.manual_seed(seed)
+        return _tiny_G(16)
+    first = _calc('fsr_moment_gap', seeded_G(0), tiny_dataset, ctx)
+    assert len(reads) == 12
+    again = _calc('fsr_moment_gap', seeded_G(0), tiny_dataset, ctx)
+    assert len(reads) == 12 and again == first
+    other_G = _calc('fsr_moment_gap', seeded_G(5), tiny_dataset, ctx)
+    assert len(reads) == 12 and other_G['fsr_moment_floor2_res16'] == first['fsr_moment_floor2_res16']
+    assert other_G['fsr_moment_gap2_res16'] != first['fsr_moment_gap2_res16']
+    _calc('fsr_moment_gap', seeded_G(0), tiny_dataset, fsr_metrics.FSRMetricContext(moment_images=5))
+    assert len(reads) == 22
+
+
 def test_feature_sim_metric_with_and_without_discriminator(tiny_dataset, capsys):
     G = _tiny_G(16)
     res = _calc('fsr_feature_sim', G, tiny_dataset, None)
