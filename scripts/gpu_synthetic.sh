@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The synthetic-teacher experiment (plain host vs FSR joint vs FSR layer-wise, equal budget) trained and evaluated on
-# one CUDA GPU, all runs at once. Usage: KIMG=100 SEEDS=0 bash scripts/gpu_synthetic.sh
+# one CUDA GPU, all runs at once. Usage: KIMG=40 SEEDS=0 bash scripts/gpu_synthetic.sh (about 5 min of training on
+# an H200, plus the evaluation; a device call may last 10 min)
 # Writes $OUT/synthetic.tar.gz (report, figures, metric jsonl, logs, last sample grids; no pickles) and
 # $OUT/synthetic.log. On 2026-12-04 (one H200, 15 minutes of device time) the training of all three arms at 20 kimg
 # took 150-166 s, but the evaluation did not finish within the time left; size KIMG and LIMIT_S for both.
@@ -10,7 +11,7 @@ O=${OUT:-/tmp/gpu_synthetic}
 mkdir -p "$O"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-KIMG=${KIMG:-100}
+KIMG=${KIMG:-40}
 SEEDS=${SEEDS:-0}
 JOBS=$(( 3 * $(echo "$SEEDS" | tr ',' '\n' | wc -l) ))
 D=/tmp/exp-synthetic
