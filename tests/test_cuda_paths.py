@@ -6,6 +6,7 @@ comparisons are trivial; it only checks that the tests themselves run).
 """
 import copy
 import glob
+import json
 import os
 import pickle
 import subprocess
@@ -145,7 +146,6 @@ def test_mixed_precision_training_loop_on_device(tmp_path):
     assert next(G.parameters()).device.type == 'cpu'
     img = G(torch.randn(4, G.z_dim), None, noise_mode='const')
     assert img.shape == (4, 3, 32, 32) and torch.isfinite(img).all()
-    import json
     stats = [json.loads(line) for line in open(tmp_path / 'stats.jsonl')]
     losses = [s[k]['mean'] for s in stats for k in ('Loss/G/loss', 'Loss/D/loss') if k in s]
     assert losses and np.all(np.isfinite(losses))
@@ -160,7 +160,6 @@ def test_train_cli_on_device(tmp_path, extra):
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
     assert glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl'))
-    import json
     opts = json.load(open(os.path.join(run_dir, 'training_options.json')))
     assert opts['device'] == DEVICE
     stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
