@@ -314,6 +314,18 @@ def setup_training_options(opts):
         desc += f'-{opts.loss}'
     if opts.sn:
         desc += '-sn'
+    if opts.div:
+        if opts.div < 0:
+            raise UserError('--div must be non-negative')
+        if opts.div_res < 1 or args.training_set_kwargs.resolution % opts.div_res != 0:
+            raise UserError(f'--div-res ({opts.div_res}) must divide the training resolution '
+                            f'({args.training_set_kwargs.resolution})')
+        args.loss_kwargs.div_weight = opts.div
+        args.loss_kwargs.div_res = opts.div_res
+        if opts.div_batch < 2:
+            raise UserError('--div-batch must be at least 2')
+        args.loss_kwargs.div_batch = opts.div_batch
+        desc += f'-div{_format_num(opts.div)}'
     args.desc = f'{desc}-gpus{gpus}-batch{args.batch_size}-gamma{_format_num(args.loss_kwargs.r1_gamma)}'
     if opts.desc:
         args.desc += f'-{opts.desc}'
@@ -488,6 +500,12 @@ def _plugin_options(f):
 @click.option('--loss', help='Loss family', type=click.Choice(['nonsaturating', 'hinge', 'wgan']),
               default='nonsaturating', show_default=True)
 @click.option('--gp', help='WGAN-GP gradient penalty weight (0 = off)', type=float, default=0, show_default=True)
+@click.option('--div', help='Diversity term against mode collapse: weight of relu(1 - fake pair distance / real pair '
+              'distance) (0 = off)', type=float, default=0, show_default=True)
+@click.option('--div-res', help='Resolution at which --div compares samples (box-downscaled)', type=int, default=8,
+              show_default=True)
+@click.option('--div-batch', help='Extra constant-noise images per batch chunk that --div compares', type=int,
+              default=16, show_default=True)
 @click.option('--aug', help='Augmentation mode', type=click.Choice(['noaug', 'ada', 'fixed']), default='ada',
               show_default=True)
 @click.option('--p', help='Augmentation probability for --aug=fixed', type=float)

@@ -42,6 +42,7 @@ DEFAULT_SYNTHETIC_DATA = 'fsr-synthetic:res=32'
 DEFAULT_FSR_ARGS = '--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-head-lr=10'
 SYNTHETIC_ARMS = ('plain', 'joint', 'layerwise')
 GRID_IMAGES = 8
+SPREAD_IMAGES = 64  # images per side of the sample-spread table
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -434,7 +435,7 @@ def synthetic(**params):
 
     # Evaluation of every run.
     t_eval = time.time()
-    moments, swds, atoms = [], [], {}
+    moments, swds, atoms, spreads = [], [], {}, {}
     cache = {}
     for run in runs:
         snaps = run.snapshots()
@@ -453,6 +454,11 @@ def synthetic(**params):
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
             entries.append(entry)
         atoms[run.name] = entries
+        spreads[run.name] = se.pyramid_spread(se.pyramid_images(snap, SPREAD_IMAGES, seed=0),
+                                              se.real_pyramid_images(data_kwargs, snap.resolutions, SPREAD_IMAGES,
+                                                                     seed=1))
+        with open(os.path.join(run.eval_dir, 'spread.json'), 'wt') as f:
+            json.dump({str(r): v for r, v in spreads[run.name].items()}, f, indent=1)
         with open(os.path.join(run.eval_dir, 'atoms.json'), 'wt') as f:
             json.dump(entries, f, indent=1)
         plots.plot_moment_gaps(os.path.join(run.eval_dir, 'metric-fsr_moment_gap.jsonl'),
@@ -529,6 +535,15 @@ def synthetic(**params):
     rep.table(MOMENT_HEADERS, moment_rows(moments, lambda r: r.label))
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
+    rep.heading('Sample spread per level (final snapshot)')
+    rep.text(f'Mean pairwise L2 distance of {SPREAD_IMAGES} generated images (G_ema, constant noise) divided by that of '
+             f'{SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied as '
+             f'the teacher; values near 0 mean the generator draws nearly the same image every time (mode collapse), '
+             f'which keeps the covariance gap near 1 whatever else is learned.')
+    levels = sorted({r for v in spreads.values() for r in v})
+    rep.table(['arm'] + [str(r) for r in levels],
+              [[arm] + [fmt_spread([spreads[run.name].get(r) for run in runs if run.label == arm
+                                    and r in spreads[run.name]]) for r in levels] for arm in arms])
     rep.heading('Per run')
     per_run = []
     for run, recs in moments:

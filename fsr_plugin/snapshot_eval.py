@@ -31,7 +31,7 @@ from metrics import metric_main
 
 __all__ = ['Snapshot', 'list_snapshots', 'read_training_options', 'snapshot_kimg', 'evaluate', 'append_record',
            'read_records', 'pyramid_images', 'real_pyramid_images', 'torgb_atoms_3x3', 'composed_host_atoms',
-           'random_generator_like', 'EvalSizes']
+           'random_generator_like', 'EvalSizes', 'pyramid_spread']
 
 _SNAPSHOT_NAME = re.compile(r'network-snapshot-(\d+)\.pkl$')
 
@@ -228,6 +228,19 @@ def pyramid_images(snapshot, num, seed=0, G=None):
         return {int(r): x.float().cpu() for r, x in levels.items()}
     img = G(z, c, **kwargs).float()
     return {int(r): x.cpu() for r, x in fsr_pyramid.build_pyramid(img, snapshot.resolutions).items()}
+
+
+def pyramid_spread(fake_levels, real_levels):
+    """fake_levels, real_levels: {r: images [N, C, r, r]} -> {r: mean pairwise L2 distance of the fakes / that of
+    the reals} for the levels both have. 1 = the samples vary as much as the data; a generator that draws nearly
+    the same image every time gives values near 0 (a collapse monitor; N >= 2 on each side)."""
+    out = {}
+    for r in sorted(set(fake_levels) & set(real_levels)):
+        f, x = fake_levels[r].double().flatten(1), real_levels[r].double().flatten(1)
+        if f.shape[0] < 2 or x.shape[0] < 2:
+            raise ValueError(f'pyramid_spread needs at least 2 images per side, got {f.shape[0]} and {x.shape[0]}')
+        out[int(r)] = float(torch.pdist(f).mean() / torch.pdist(x).mean().clamp_min(1e-12))
+    return out
 
 
 def real_pyramid_images(dataset_kwargs, resolutions, num, seed=0):

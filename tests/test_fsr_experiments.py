@@ -230,6 +230,40 @@ def test_synthetic_moment_and_swd_tables_match_the_jsonl(synthetic_dir):
         assert f'({name}.png)' in report
 
 
+def test_synthetic_spread_table_matches_an_independent_computation(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    headers, rows = _table(report, 'arm', '16')
+    assert {r[0] for r in rows} == {'plain', 'joint', 'layerwise'}
+    with open(os.path.join(synthetic_dir, 'eval', 'joint-seed0', 'spread.json')) as f:
+        saved = json.load(f)
+    _close(_cell(headers, [r for r in rows if r[0] == 'joint'][0], '8'), saved['8'])
+    # Plain run: G_ema's 16x16 images with the same z (torch generator seed 0) and constant noise, box-downscaled
+    # to 8x8 by hand; the reals' distance comes from the same 64 teacher images the report used (numpy seed 1).
+    data = _load_pickle(_final_snapshot(os.path.join(synthetic_dir, 'runs', 'plain-seed0')))
+    G = data['G_ema'].eval()
+    z = torch.randn([64, G.z_dim], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        img = G(z, torch.zeros([64, G.c_dim]), noise_mode='const', force_fp32=True).double()
+    fake8 = img.reshape(64, img.shape[1], 8, 2, 8, 2).mean([3, 5]).flatten(1)
+    opts = snapshot_eval.read_training_options(os.path.dirname(_final_snapshot(os.path.join(synthetic_dir, 'runs',
+                                                                                            'plain-seed0'))))
+    real8 = snapshot_eval.real_pyramid_images(opts['training_set_kwargs'], [8, 16], 64, seed=1)[8].double().flatten(1)
+    expected = torch.pdist(fake8).mean() / torch.pdist(real8).mean()
+    _close(_cell(headers, [r for r in rows if r[0] == 'plain'][0], '8'), float(expected))
+
+
+def test_pyramid_spread_on_constructed_levels():
+    torch.manual_seed(0)
+    reals = {4: torch.randn([10, 3, 4, 4]), 8: torch.randn([10, 3, 8, 8])}
+    same = {4: reals[4][:1].repeat(10, 1, 1, 1), 8: 2 * reals[8] + 5}
+    out = snapshot_eval.pyramid_spread(same, reals)
+    assert out[4] == 0  # one image drawn ten times
+    assert out[8] == pytest.approx(2.0, rel=1e-6)  # distances scale with the images; a shift changes nothing
+    assert snapshot_eval.pyramid_spread({4: reals[4]}, reals) == {4: pytest.approx(1.0)}
+    with pytest.raises(ValueError, match='at least 2'):
+        snapshot_eval.pyramid_spread({4: reals[4][:1]}, reals)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. real
 

@@ -336,6 +336,100 @@ def test_wgan_gp_penalty_value():
     assert collector.mean('Loss/gp_penalty') == pytest.approx((3 - 1) ** 2, rel=1e-6)
 
 
+def test_diversity_loss_value_against_direct_computation():
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), r1_gamma=0, div_weight=2.0, div_res=2)
+    torch.manual_seed(1)
+    real = torch.randn([4, 1, 8, 8], dtype=torch.float64)
+    fake = 0.3 * torch.randn([4, 1, 8, 8], dtype=torch.float64)
+    # Independent computation: 4x4 block means, then pair i with i + 2.
+    rb = real.reshape(4, 1, 2, 4, 2, 4).mean([3, 5])
+    fb = fake.reshape(4, 1, 2, 4, 2, 4).mean([3, 5])
+    ratio = (fb[:2] - fb[2:]).abs().mean() / (rb[:2] - rb[2:]).abs().mean()
+    assert 0 < ratio < 1
+    torch.testing.assert_close(loss.diversity_loss(fake, real), 2.0 * (1 - ratio))
+    # As varied as the reals (or more): no penalty, no gradient.
+    wide = (10 * fake).requires_grad_(True)
+    out = loss.diversity_loss(wide, real)
+    assert out.item() == 0
+    out.backward()
+    assert wide.grad.abs().max() == 0
+    # Per-pixel speckle that averages out below div_res does not count as variety.
+    speckle = torch.tensor([[1., -1.], [-1., 1.]], dtype=torch.float64).repeat(4, 4)
+    same = torch.zeros([4, 1, 8, 8], dtype=torch.float64)
+    same[:2] += speckle
+    assert loss.diversity_loss(same, real).item() == pytest.approx(2.0)
+
+
+def test_diversity_loss_pushes_identical_fakes_apart():
+    # Identical samples: the gradient of the term must move the pair apart (d_fake grows after a small step).
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), r1_gamma=0, div_weight=1.0, div_res=4)
+    torch.manual_seed(0)
+    real = torch.randn([2, 1, 4, 4])
+    fake = torch.randn([1, 1, 4, 4]).repeat(2, 1, 1, 1) + 1e-3 * torch.randn([2, 1, 4, 4])
+    fake.requires_grad_(True)
+    before = loss.diversity_loss(fake, real)
+    before.backward()
+    stepped = fake.detach() - 0.1 * fake.grad
+    assert loss.diversity_loss(stepped, real) < before
+    assert (stepped[0] - stepped[1]).abs().mean() > (fake[0] - fake[1]).abs().mean()
+    with pytest.raises(ValueError, match='div_res'):
+        loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), div_weight=1.0, div_res=3).diversity_loss(fake, real)
+    with pytest.raises(ValueError, match='div_weight'):
+        loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), div_weight=-1.0)
+
+
+def test_diversity_loss_enters_gmain_and_is_reported():
+    from torch_utils import training_stats
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
+    collector = training_stats.Collector(regex='Loss/G/div.*')
+    z = torch.randn([4, 4])
+    c = torch.zeros([4, 0])
+    real = 5 * torch.randn([4, 1, 4, 4])  # far more varied than an untrained G: the hinge is active
+    grads = {}
+    for w in (0.0, 1.0):
+        G.zero_grad(set_to_none=True)
+        loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(torch.tensor(0.5)), r1_gamma=0, div_weight=w, div_res=2)
+        torch.manual_seed(3)
+        loss.accumulate_gradients('Gmain', real, c, z, c, gain=1, cur_nimg=0)
+        grads[w] = torch.cat([p.grad.flatten() for p in G.synthesis.parameters() if p.grad is not None])
+    collector.update()
+    assert 0 < collector.mean('Loss/G/div_ratio') < 1
+    assert collector.mean('Loss/G/div') > 0
+    assert not torch.allclose(grads[0.0], grads[1.0])
+
+
+def test_diversity_pass_uses_constant_noise():
+    # Repeated latents with strong noise inputs: with constant noise the pairs are identical (ratio exactly 0);
+    # random noise would make them differ and let G pass noise speckle off as variety.
+    from torch_utils import training_stats
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=8, img_channels=1,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=64, channel_max=8))
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith('noise_strength'):
+                p.fill_(1.0)
+    loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(torch.tensor(0.5)), r1_gamma=0, div_weight=1.0, div_res=8,
+                                  div_batch=4)
+    z = torch.randn([2, 4]).repeat(3, 1)  # 6 latents, z[i] == z[i + 2]; the diversity pass takes the first 4
+    c = torch.zeros([6, 0])
+    collector = training_stats.Collector(regex='Loss/G/div.*')
+    loss.accumulate_gradients('Gmain', torch.randn([6, 1, 8, 8]), c, z, c, gain=1, cur_nimg=0)
+    collector.update()
+    assert collector.mean('Loss/G/div_ratio') == 0
+    assert collector.mean('Loss/G/div') == pytest.approx(1.0)
+    img_a, _, _ = loss.run_G(z[:2], c[:2])
+    img_b, _, _ = loss.run_G(z[:2], c[:2])
+    assert not torch.equal(img_a, img_b)  # the noise inputs are strong enough to matter
+    with pytest.raises(ValueError, match='div_batch'):
+        loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), div_weight=1.0, div_batch=1)
+
+
 def test_unknown_loss_type():
     G = networks.Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=4, img_channels=1,
                            mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))

@@ -11,6 +11,14 @@ Loss families (`loss_type`):
 * 'wgan':   G: -D(G(z)),         D: D(G(z)) - D(x)  (+ drift 1e-3 * D(x)^2 keeps scores bounded, as in ProGAN).
 Regularisers: R1 (r1_gamma, on reals, Dreg phase) for any family; WGAN-GP (gp_weight, gradient norm on random
 interpolates between reals and fakes pushed to 1, Dreg phase).
+
+Optional diversity term against mode collapse (div_weight > 0, Gmain phase; not in NVIDIA's code, off by default).
+G draws div_batch extra images from the first div_batch latents of the chunk with constant noise inputs (with random
+noise, per-pixel speckle counts as variety and G can satisfy the term by getting noisier); the fakes are paired
+(image i with image i + n/2), so are the chunk's reals, both are box-downscaled to div_res x div_res, and
+    loss_div = div_weight * relu(1 - mean_i |G(z_i) - G(z_i+n/2)|_1 / mean_j |x_j - x_j+N/2|_1),
+a hinge that is zero once fake pairs differ on average as much as real pairs do, in the spirit of
+diversity-sensitive (Yang et al. 2019) and mode-seeking (Mao et al. 2019) regularisation.
 """
 
 import numpy as np
@@ -29,7 +37,8 @@ class StyleGAN2Loss:
 
     def __init__(self, device, G, D, augment_pipe=None, r1_gamma=10, style_mixing_prob=0, pl_weight=0,
                  pl_batch_shrink=2, pl_decay=0.01, pl_no_weight_grad=False, blur_init_sigma=0, blur_fade_kimg=0,
-                 loss_type='nonsaturating', gp_weight=0, wgan_drift=1e-3, hooks=None):
+                 loss_type='nonsaturating', gp_weight=0, wgan_drift=1e-3, div_weight=0, div_res=8, div_batch=16,
+                 hooks=None):
         if loss_type not in LOSS_TYPES:
             raise ValueError(f'loss_type must be one of {LOSS_TYPES}, got {loss_type!r}')
         self.device = device
@@ -48,6 +57,12 @@ class StyleGAN2Loss:
         self.loss_type = loss_type
         self.gp_weight = float(gp_weight)
         self.wgan_drift = float(wgan_drift)
+        self.div_weight = float(div_weight)
+        self.div_res = int(div_res)
+        self.div_batch = int(div_batch)
+        if self.div_weight < 0 or self.div_res < 1 or self.div_batch < 2:
+            raise ValueError(f'div_weight must be >= 0, div_res >= 1 and div_batch >= 2, got {div_weight}, '
+                             f'{div_res} and {div_batch}')
         self.hooks = hooks
         self.resolution = None  # Progressive growing: current stage resolution (None = full).
         self.fade_alpha = 1.0   # Progressive growing: fade-in of the newest block (1 = fully on).
@@ -76,9 +91,10 @@ class StyleGAN2Loss:
     def _wants_features(self):
         return self.hooks is not None and self.hooks.wants_generator_features()
 
-    def run_G(self, z, c, update_emas=False, return_features=False, ws_requires_grad=False):
+    def run_G(self, z, c, update_emas=False, return_features=False, ws_requires_grad=False, noise_mode=None):
         """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None).
-        ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length)."""
+        ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length).
+        noise_mode: None = the synthesis network's default (random noise), or 'random' | 'const' | 'none'."""
         ws = self._mapping(z, c, update_emas)
         if self.style_mixing_prob > 0:
             with torch.autograd.profiler.record_function('style_mixing'):
@@ -93,6 +109,8 @@ class StyleGAN2Loss:
             kwargs['update_emas'] = update_emas
         if self.resolution is not None:
             kwargs['max_res'] = self.resolution
+        if noise_mode is not None:
+            kwargs['noise_mode'] = noise_mode
         fading = self.resolution is not None and self.fade_alpha < 1
         if return_features:
             kwargs['return_features'] = True
@@ -172,6 +190,10 @@ class StyleGAN2Loss:
                 loss_Gmain = self._g_adv(gen_logits)
                 training_stats.report('Loss/G/loss', loss_Gmain)
                 total = loss_Gmain.mean()
+                if self.div_weight > 0:
+                    k = min(self.div_batch, gen_z.shape[0])
+                    div_img, _, _ = self.run_G(gen_z[:k], gen_c[:k], noise_mode='const')
+                    total = total + self.diversity_loss(div_img, real_img)
                 total = total + self._hook_terms('G', ctx, gen_img=gen_img, gen_ws=gen_ws, gen_features=feats)
             with torch.autograd.profiler.record_function('Gmain_backward'):
                 total.mul(gain).backward()
@@ -249,6 +271,32 @@ class StyleGAN2Loss:
                     total = total + self._hook_terms('Dreg', ctx)
             with torch.autograd.profiler.record_function(name + '_backward'):
                 total.mul(gain).backward()
+
+    def diversity_loss(self, gen_img, real_img):
+        """gen_img [n, C, R, R], real_img [N, C, R, R] -> scalar div_weight * relu(1 - d_fake / d_real), where d is
+        the mean L1 distance (per pixel) between image i and image i + n//2 (N//2 for the reals) after
+        box-downscaling to div_res. Zero when either side has fewer than 2 images. Reports Loss/G/div_ratio
+        (d_fake / d_real: 1 = fakes as varied as the reals) and Loss/G/div."""
+        nf, nr = gen_img.shape[0] // 2, real_img.shape[0] // 2
+        if nf == 0 or nr == 0:
+            return gen_img.new_zeros([])
+        fake = self._div_downscale(gen_img if gen_img.dtype == torch.float64 else gen_img.float())
+        real = self._div_downscale(real_img.detach().to(fake.dtype))
+        d_fake = (fake[:nf] - fake[nf:2 * nf]).abs().mean()
+        d_real = (real[:nr] - real[nr:2 * nr]).abs().mean().clamp_min(1e-8)
+        ratio = d_fake / d_real
+        loss = F.relu(1 - ratio) * self.div_weight
+        training_stats.report('Loss/G/div_ratio', ratio.detach())
+        training_stats.report('Loss/G/div', loss.detach())
+        return loss
+
+    def _div_downscale(self, img):
+        r = img.shape[-1]
+        if r <= self.div_res:
+            return img
+        if r % self.div_res != 0:
+            raise ValueError(f'div_res ({self.div_res}) must divide the image resolution ({r})')
+        return F.avg_pool2d(img, r // self.div_res)
 
     def _gradient_penalty(self, real_img, real_c, gen_z, gen_c, blur_sigma):
         """WGAN-GP: gp_weight * (|grad_x D(x_hat)| - 1)^2 on x_hat = lerp(real, fake, u), u ~ U(0,1) per sample."""
