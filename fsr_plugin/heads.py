@@ -36,6 +36,8 @@ from torch_utils import persistence
 from torch_utils.ops import bias_act
 from torch_utils.ops import conv2d_resample
 
+from .wta import winner_take_all
+
 HEAD_INITS = ('random', 'torgb', 'identity')
 TORGB_STYLES = ('unit', 'w_avg')
 
@@ -51,7 +53,7 @@ class OutputHead(torch.nn.Module):
     """One resolution's head: S [N, in_channels, r, r] -> X [N, img_channels, r, r] (float32)."""
 
     def __init__(self, in_channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True, residual=False,
-                 eps=1e-8):
+                 eps=1e-8, wta=0):
         super().__init__()
         for name, value in (('in_channels', in_channels), ('img_channels', img_channels),
                             ('kernel_size', kernel_size)):
@@ -63,6 +65,9 @@ class OutputHead(torch.nn.Module):
         self.unit_norm_atoms = bool(unit_norm_atoms)
         self.residual = bool(residual)
         self.eps = float(eps)
+        if not isinstance(wta, int) or isinstance(wta, bool) or wta < 0 or (wta > 0 and wta % 2 == 0):
+            raise ValueError(f'OutputHead: wta must be 0 (off) or an odd int >= 1, got {wta!r}')
+        self.wta = wta
         self.padding = _head_padding(kernel_size)
         self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size ** 2))
         self.weight = torch.nn.Parameter(torch.randn([img_channels, in_channels, kernel_size, kernel_size]))
@@ -92,6 +97,8 @@ class OutputHead(torch.nn.Module):
         if s.ndim != 4 or s.shape[1] != self.in_channels:
             raise ValueError(f'OutputHead: features must be [N, {self.in_channels}, r, r], got {list(s.shape)}')
         s = s.to(torch.float32)
+        if self.wta:
+            s = winner_take_all(s, self.wta)
         x = conv2d_resample.conv2d_resample(x=s, w=self.effective_weight().to(s.dtype), padding=self.padding,
                                             flip_weight=False)
         x = bias_act.bias_act(x, self.bias)
@@ -105,7 +112,7 @@ class OutputHead(torch.nn.Module):
 
     def extra_repr(self):
         return (f'in_channels={self.in_channels}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
-                f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}')
+                f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}, wta={self.wta}')
 
 
 @persistence.persistent_class
@@ -115,10 +122,13 @@ class OutputHeads(torch.nn.Module):
     channels: {resolution: hidden channels C_r} (ints). img_channels: image channels. kernel_size: k of every head.
     unit_norm_atoms: normalise every atom to unit norm. bias: learn a per-image-channel bias. residual_final: the
     head of the largest resolution adds the generator image passed to forward (see module docstring, 'identity').
+    top_wta: 0 = off; w >= 1 (odd) = the head of the largest resolution paints only the winner-take-all selection of
+    its features (fsr_plugin.wta: one channel per site, w x w spatial suppression), like the synthetic teacher's top
+    level.
     """
 
     def __init__(self, channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True,
-                 residual_final=False):
+                 residual_final=False, top_wta=0):
         super().__init__()
         if not isinstance(channels, dict) or not channels:
             raise ValueError(f'OutputHeads: channels must be a non-empty dict {{resolution: channels}}, '
@@ -130,15 +140,17 @@ class OutputHeads(torch.nn.Module):
         self.img_channels = int(img_channels)
         self.kernel_size = int(kernel_size)
         self.residual_final = bool(residual_final)
+        self.top_wta = int(top_wta)
         for r in self.resolutions:
-            residual = self.residual_final and r == self.resolutions[-1]
+            top = r == self.resolutions[-1]
             head = OutputHead(int(channels[r]), self.img_channels, kernel_size=self.kernel_size,
-                              unit_norm_atoms=unit_norm_atoms, bias=bias, residual=residual)
+                              unit_norm_atoms=unit_norm_atoms, bias=bias, residual=self.residual_final and top,
+                              wta=self.top_wta if top else 0)
             setattr(self, f'h{r}', head)
 
     @classmethod
     def for_generator(cls, G, kernel_size=1, unit_norm_atoms=False, bias=True, init='random', style='unit',
-                      resolutions=None):
+                      resolutions=None, top_wta=0):
         """Heads matching G's synthesis blocks (all of them, or the given `resolutions`), initialised with `init`
         ('random', 'torgb' or 'identity'; 'identity' makes the final head residual)."""
         if init not in HEAD_INITS:
@@ -151,7 +163,7 @@ class OutputHeads(torch.nn.Module):
                                  f'blocks: {synthesis.block_resolutions}')
         channels = {r: int(getattr(synthesis, f'b{r}').conv1.out_channels) for r in resolutions}
         heads = cls(channels, int(synthesis.img_channels), kernel_size=kernel_size, unit_norm_atoms=unit_norm_atoms,
-                    bias=bias, residual_final=(init == 'identity'))
+                    bias=bias, residual_final=(init == 'identity'), top_wta=top_wta)
         if init != 'random':
             heads.init_from_generator(G, mode=init, style=style)
         return heads
@@ -224,4 +236,4 @@ class OutputHeads(torch.nn.Module):
 
     def extra_repr(self):
         return (f'resolutions={self.resolutions}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
-                f'residual_final={self.residual_final}')
+                f'residual_final={self.residual_final}, top_wta={self.top_wta}')

@@ -30,6 +30,7 @@ class FSRConfig:
     head_style: str = 'unit'            # ToRGB style copied into the heads: unit | w_avg
     unit_atoms: bool = False
     head_lr: float = 1.0                # learning-rate multiplier of the heads
+    top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     pyramid_filter: str = 'box'         # box | fir
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
     sparsity: str = 'l1'                # none | l1 | hoyer | topk
@@ -64,6 +65,7 @@ class FSRConfig:
             head_style=opts.get('fsr_head_style') or 'unit',
             unit_atoms=bool(opts.get('fsr_unit_atoms', False)),
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
+            top_wta=int(opts.get('fsr_top_wta') or 0),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             relu=bool(opts.get('fsr_relu', False)),
             sparsity=opts.get('fsr_sparsity') or 'l1',
@@ -101,6 +103,9 @@ def cli_options():
         click.option('--fsr-unit-atoms', help='FSR heads: unit-norm atoms', type=bool, default=False),
         click.option('--fsr-head-lr', help='FSR heads: learning-rate multiplier', type=float, default=1.0,
                      show_default=True),
+        click.option('--fsr-top-wta', help='FSR: the top head paints only one channel per site, winners of a w x w '
+                     'spatial suppression (w odd; 1 = channel selection only; 0 = off)', type=click.IntRange(min=0),
+                     default=0, show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,

@@ -67,7 +67,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         cfg = self.cfg
         self.G, self.D = G, D
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
-                                               init=cfg.head_init, style=cfg.head_style)
+                                               init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta)
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -278,6 +278,8 @@ def update_training_options(c, options):
     if not cfg.enabled:
         return
     fine_tuning = c.get('resume_pkl') is not None
+    if cfg.top_wta % 2 == 0 and cfg.top_wta != 0:
+        raise click.UsageError(f'--fsr-top-wta must be 0 (off) or odd (the suppression window), got {cfg.top_wta}')
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))

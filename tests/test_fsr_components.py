@@ -15,6 +15,7 @@ from fsr_plugin import pair_disc
 from fsr_plugin import pyramid
 from fsr_plugin import schedule as schedule_lib
 from fsr_plugin import sparsity
+from fsr_plugin import wta
 from training import growing
 from training import networks
 
@@ -232,6 +233,76 @@ def test_heads_reject_unknown_resolution_and_pickle_round_trip():
     for r, x in heads(feats).items():
         torch.testing.assert_close(clone(feats)[r], x, rtol=0, atol=0)
     assert type(clone).__name__ == 'OutputHeads' and clone.init_kwargs.kernel_size == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Winner-take-all top level.
+
+def _np_wta(a, window):
+    """Explicit loops: keep a[n, c, y, x] iff c holds the (positive) channel maximum at (y, x) and that maximum is
+    at least every site's maximum in the window around (y, x)."""
+    N, C, H, W = a.shape
+    best = a.max(axis=1)
+    out = np.zeros_like(a)
+    h = window // 2
+    for n in range(N):
+        for y in range(H):
+            for x in range(W):
+                m = best[n, y, x]
+                if m <= 0:
+                    continue
+                if m < best[n, max(y - h, 0):y + h + 1, max(x - h, 0):x + h + 1].max():
+                    continue
+                for c in range(C):
+                    if a[n, c, y, x] == m:
+                        out[n, c, y, x] = m
+    return out
+
+
+@pytest.mark.parametrize('window', [1, 3, 5])
+def test_winner_take_all_matches_loops(window):
+    torch.manual_seed(window)
+    a = torch.randn([2, 4, 7, 6], dtype=torch.float64)
+    got = wta.winner_take_all(a, window)
+    np.testing.assert_array_equal(got.numpy(), _np_wta(a.numpy(), window))
+    kept = (got != 0).sum(dim=1)
+    assert kept.max() <= 1  # one channel per site
+    if window == 3:  # no two kept sites touch (a 3x3 neighbourhood holds one winner unless values tie)
+        sites = (kept > 0).double().unsqueeze(1)
+        assert F.conv2d(sites, torch.ones([1, 1, 3, 3], dtype=torch.float64), padding=1)[sites > 0].max() == 1
+
+
+def test_winner_take_all_gradient_reaches_winners_only():
+    a = torch.tensor([[[[0.5, 0.1], [-1.0, 0.2]], [[0.3, 0.4], [-2.0, 0.1]]]], dtype=torch.float64,
+                     requires_grad=True)
+    out = wta.winner_take_all(a, 1)
+    expected = torch.tensor([[[[0.5, 0.0], [0.0, 0.2]], [[0.0, 0.4], [0.0, 0.0]]]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected)  # the all-negative site keeps nothing
+    out.sum().backward()
+    torch.testing.assert_close(a.grad, (expected != 0).double())
+    # Away from ties the selection is locally constant: gradcheck sees a masked identity.
+    b = torch.randn([2, 3, 5, 5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: wta.winner_take_all(x, 3), (b,), eps=1e-7)
+    with pytest.raises(ValueError, match='odd'):
+        wta.winner_take_all(b, 2)
+    with pytest.raises(ValueError, match=r'\[N, C, H, W\]'):
+        wta.winner_take_all(b[0], 1)
+
+
+def test_top_wta_head_paints_one_atom_per_winner_and_survives_pickle():
+    heads = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3, top_wta=3)
+    assert heads.head(8).wta == 3 and heads.head(4).wta == 0
+    torch.manual_seed(0)
+    feats = {4: torch.rand([2, 2, 4, 4]), 8: torch.rand([2, 3, 8, 8])}
+    out = heads(feats)
+    plain = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3)
+    plain.load_state_dict(heads.state_dict())
+    torch.testing.assert_close(out[4], plain(feats)[4])  # lower heads unchanged
+    torch.testing.assert_close(out[8], plain({8: wta.winner_take_all(feats[8], 3)})[8])
+    clone = pickle.loads(pickle.dumps(heads))
+    torch.testing.assert_close(clone(feats)[8], out[8], rtol=0, atol=0)
+    with pytest.raises(ValueError, match='wta'):
+        heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -479,6 +479,15 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     assert res.returncode == 1 and '--batch' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--metrics=fid_bogus'] + TINY, tmp_path)
     assert res.returncode == 1 and 'fid_bogus' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '-n', '--div=0.5', '--div-res=4', '--div-batch=8'] + TINY, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert (opts['loss_kwargs']['div_weight'], opts['loss_kwargs']['div_res'], opts['loss_kwargs']['div_batch']) == \
+        (0.5, 4, 8)
+    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
+    assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)
+    assert res.returncode == 1 and '--div-batch must be at least 2' in res.stderr
     assert not os.listdir(tmp_path)
 
 
