@@ -341,25 +341,29 @@ def test_diversity_loss_value_against_direct_computation():
                            mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=32, channel_max=4))
     loss = loss_lib.StyleGAN2Loss('cpu', G, ConstD(0.0), r1_gamma=0, div_weight=2.0, div_res=2)
     torch.manual_seed(1)
-    real = torch.randn([4, 1, 8, 8], dtype=torch.float64)
-    fake = 0.3 * torch.randn([4, 1, 8, 8], dtype=torch.float64)
-    # Independent computation: 4x4 block means, then pair i with i + 2.
-    rb = real.reshape(4, 1, 2, 4, 2, 4).mean([3, 5])
-    fb = fake.reshape(4, 1, 2, 4, 2, 4).mean([3, 5])
-    ratio = (fb[:2] - fb[2:]).abs().mean() / (rb[:2] - rb[2:]).abs().mean()
+    real = torch.randn([6, 1, 8, 8], dtype=torch.float64)
+    base = torch.randn([1, 1, 8, 8], dtype=torch.float64)
+    fake = base + 0.5 * torch.randn([4, 1, 8, 8], dtype=torch.float64)
+
+    def cos_dist(x, n):  # independent computation with numpy: 4x4 block means, then 1 - Pearson correlation
+        b = x.numpy().reshape(len(x), 2, 4, 2, 4).mean(axis=(2, 4)).reshape(len(x), -1)
+        return np.mean([1 - np.corrcoef(b[i], b[i + n])[0, 1] for i in range(n)])
+
+    ratio = cos_dist(fake, 2) / cos_dist(real, 3)
     assert 0 < ratio < 1
-    torch.testing.assert_close(loss.diversity_loss(fake, real), 2.0 * (1 - ratio))
-    # As varied as the reals (or more): no penalty, no gradient.
-    wide = (10 * fake).requires_grad_(True)
+    torch.testing.assert_close(loss.diversity_loss(fake, real).item(), 2.0 * (1 - ratio))
+    # As varied as the reals (here: the reals themselves): no penalty, no gradient.
+    wide = real.clone().requires_grad_(True)
     out = loss.diversity_loss(wide, real)
     assert out.item() == 0
     out.backward()
     assert wide.grad.abs().max() == 0
-    # Per-pixel speckle that averages out below div_res does not count as variety.
+    # Brightness, contrast and pixel speckle that averages out below div_res are not variety.
     speckle = torch.tensor([[1., -1.], [-1., 1.]], dtype=torch.float64).repeat(4, 4)
-    same = torch.zeros([4, 1, 8, 8], dtype=torch.float64)
-    same[:2] += speckle
+    same = torch.cat([base, 3 * base + 1, base + speckle, 0.5 * base - 2])
     assert loss.diversity_loss(same, real).item() == pytest.approx(2.0)
+    # Flat images all look alike (distance 0), not maximally different.
+    assert loss.diversity_loss(torch.zeros([4, 1, 8, 8]), real).item() == pytest.approx(2.0)
 
 
 def test_diversity_loss_pushes_identical_fakes_apart():
