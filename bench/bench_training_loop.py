@@ -7,6 +7,9 @@ includes start-up). Prints a table; asserts nothing.
 
     python bench/bench_training_loop.py                         # fp32 and mixed (bf16 blocks), with ADA
     python bench/bench_training_loop.py --modes fp32 --aug noaug --kimg 2
+    python bench/bench_training_loop.py --modes fp32,fp32+div --kimg 1  # cost of --div=1 (default --div-batch 16)
+
+A mode is fp32 or mixed, optionally followed by +div (the diversity term against mode collapse, train.py --div=1).
 """
 
 import argparse
@@ -31,8 +34,10 @@ def child(args):
     from training import training_loop
     tune_cpu_allocator()
     argv = ['--outdir', args.outdir, '--data', 'toy-shapes:res=32,num=2000', '--cfg', 'cpu',
-            '--precision', 'fp32' if args.mode == 'fp32' else 'mixed',
+            '--precision', args.mode.split('+')[0],
             '--aug', args.aug, '--workers', str(args.workers)]
+    if args.mode.endswith('+div'):
+        argv.append('--div=1')
     ctx = train.main.make_context('train.py', argv)
     c = train.setup_training_options(_opts_from_ctx(ctx))
     c.total_kimg = args.kimg
@@ -79,7 +84,12 @@ def main():
     if args.mode:
         return child(args)
     results = []
-    for mode in args.modes.split(','):
+    modes = args.modes.split(',')
+    bad = [m for m in modes if m.split('+')[0] not in ('fp32', 'mixed') or m.count('+') > 1
+           or ('+' in m and not m.endswith('+div'))]
+    if bad:
+        parser.error(f'unknown mode(s) {bad}: use fp32 or mixed, optionally with +div')
+    for mode in modes:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, '--mode', mode, '--aug', args.aug, '--kimg', str(args.kimg),
                    '--tick', str(args.tick), '--workers', str(args.workers), '--outdir', os.path.join(tmp, 'run')]
@@ -89,10 +99,10 @@ def main():
     base = next((r for r in results if r['mode'] == 'fp32'), None)
     print(f'Training loop, --cfg=cpu (32x32, channel_base 4096, channel_max 128, batch 32), aug={args.aug}, '
           f'{args.kimg} kimg')
-    print(f'{"mode":6s} {"img/s":>8s} {"sec/kimg":>9s} {"vs fp32":>8s}')
+    print(f'{"mode":10s} {"img/s":>8s} {"sec/kimg":>9s} {"vs fp32":>8s}')
     for r in results:
         ratio = r['img_s'] / base['img_s'] if base else float('nan')
-        print(f'{r["mode"]:6s} {r["img_s"]:8.1f} {r["sec_per_kimg"]:9.1f} {ratio:8.2f}')
+        print(f'{r["mode"]:10s} {r["img_s"]:8.1f} {r["sec_per_kimg"]:9.1f} {ratio:8.2f}')
 
 
 if __name__ == '__main__':
