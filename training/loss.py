@@ -17,8 +17,9 @@ G draws div_batch extra images from the first div_batch latents of the chunk wit
 noise, per-pixel speckle counts as variety and G can satisfy the term by getting noisier); the fakes are paired
 (image i with image i + n/2), so are the chunk's reals. Every image is box-downscaled to div_res x div_res and
 standardised (its own mean subtracted, scaled to unit L2 norm: a flat image becomes 0), so that a pair's distance
-d(a, b) = |a - b|^2 / 2 (= 1 - cos(a, b) unless one is flat) measures a difference of shape, not of brightness or contrast (on MNIST a collapsed G draws one template whose
-contrast still varies with z: 2x the reals' pixel L1 distance at 8x8, but 0.6x their cosine distance). Then
+d(a, b) = |a - b|^2 / 2 (= 1 - cos(a, b) unless one is flat) measures a difference of shape, not of brightness or
+contrast (on MNIST a collapsed G draws one template whose contrast still varies with z: 2x the reals' pixel L1
+distance at 8x8, but 0.6x their cosine distance). Then
     loss_div = div_weight * relu(1 - mean_i d(G(z_i), G(z_i+n/2)) / mean_j d(x_j, x_j+N/2)),
 a hinge that is zero once fake pairs differ on average as much as real pairs do, in the spirit of
 diversity-sensitive (Yang et al. 2019) and mode-seeking (Mao et al. 2019) regularisation.
