@@ -536,8 +536,8 @@ def synthetic(**params):
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')
-    rep.text(f'Mean pairwise L2 distance of {SPREAD_IMAGES} generated images (G_ema, constant noise) divided by that of '
-             f'{SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied as '
+    rep.text(f'Mean pairwise L2 distance of {SPREAD_IMAGES} generated images (G_ema, constant noise) divided by that '
+             f'of {SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied as '
              f'the teacher; values near 0 mean the generator draws nearly the same image every time (mode collapse), '
              f'which keeps the covariance gap near 1 whatever else is learned.')
     levels = sorted({r for v in spreads.values() for r in v})
