@@ -320,11 +320,9 @@ def setup_training_options(opts):
         if opts.div_res < 1 or args.training_set_kwargs.resolution % opts.div_res != 0:
             raise UserError(f'--div-res ({opts.div_res}) must divide the training resolution '
                             f'({args.training_set_kwargs.resolution})')
-        args.loss_kwargs.div_weight = opts.div
-        args.loss_kwargs.div_res = opts.div_res
         if opts.div_batch < 2:
             raise UserError('--div-batch must be at least 2')
-        args.loss_kwargs.div_batch = opts.div_batch
+        args.loss_kwargs.update(div_weight=opts.div, div_res=opts.div_res, div_batch=opts.div_batch)
         desc += f'-div{_format_num(opts.div)}'
     args.desc = f'{desc}-gpus{gpus}-batch{args.batch_size}-gamma{_format_num(args.loss_kwargs.r1_gamma)}'
     if opts.desc:

@@ -435,7 +435,7 @@ def synthetic(**params):
 
     # Evaluation of every run.
     t_eval = time.time()
-    moments, swds, atoms, spreads = [], [], {}, {}
+    moments, swds, atoms, spreads, spread_reals = [], [], {}, {}, {}
     cache = {}
     for run in runs:
         snaps = run.snapshots()
@@ -454,9 +454,10 @@ def synthetic(**params):
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
             entries.append(entry)
         atoms[run.name] = entries
-        spreads[run.name] = se.pyramid_spread(se.pyramid_images(snap, SPREAD_IMAGES, seed=0),
-                                              se.real_pyramid_images(data_kwargs, snap.resolutions, SPREAD_IMAGES,
-                                                                     seed=1))
+        levels = tuple(snap.resolutions)
+        if levels not in spread_reals:  # the same teacher images for every run: drawn once
+            spread_reals[levels] = se.real_pyramid_images(data_kwargs, levels, SPREAD_IMAGES, seed=1)
+        spreads[run.name] = se.pyramid_spread(se.pyramid_images(snap, SPREAD_IMAGES, seed=0), spread_reals[levels])
         with open(os.path.join(run.eval_dir, 'spread.json'), 'wt') as f:
             json.dump({str(r): v for r, v in spreads[run.name].items()}, f, indent=1)
         with open(os.path.join(run.eval_dir, 'atoms.json'), 'wt') as f:
