@@ -15,6 +15,10 @@ Effective atoms:
   Conv2dLayer / ToRGBLayer; stored weights start N(0, 1));
 * unit_norm_atoms=True: each atom weight[:, i] (over img_channels x k x k, i.e. per hidden channel) is scaled to unit
   L2 norm in every forward pass (weight normalisation), so the scale of a feature lives in the hidden code.
+* gain=True: all atoms of the head are also multiplied by one learned scalar exp(log_gain) (starts at 1). The host's
+  demodulated convolutions keep hidden features at about unit scale, so unit-norm atoms alone paint images of a
+  fixed contrast; the gain lets a head paint the low-contrast images of a downscaled pyramid level while its atom
+  directions, and their relative scales in the code, stay as they are.
 
 Initialisation (`init_from_generator`):
 * 'torgb': the 1x1 map of G.synthesis.b<r>.torgb with its style modulation removed, i.e. effective weight
@@ -53,7 +57,7 @@ class OutputHead(torch.nn.Module):
     """One resolution's head: S [N, in_channels, r, r] -> X [N, img_channels, r, r] (float32)."""
 
     def __init__(self, in_channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True, residual=False,
-                 eps=1e-8, wta=0):
+                 eps=1e-8, wta=0, gain=False):
         super().__init__()
         for name, value in (('in_channels', in_channels), ('img_channels', img_channels),
                             ('kernel_size', kernel_size)):
@@ -72,21 +76,29 @@ class OutputHead(torch.nn.Module):
         self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size ** 2))
         self.weight = torch.nn.Parameter(torch.randn([img_channels, in_channels, kernel_size, kernel_size]))
         self.bias = torch.nn.Parameter(torch.zeros([img_channels])) if bias else None
+        self.log_gain = torch.nn.Parameter(torch.zeros([])) if gain else None
 
     def effective_weight(self):
         """Convolution weight actually applied: [img_channels, in_channels, k, k] (float32)."""
         w = self.weight
         if self.unit_norm_atoms:
             norm = (w.square().sum(dim=[0, 2, 3], keepdim=True) + self.eps).sqrt()
-            return w / norm
-        return w * self.weight_gain
+            w = w / norm
+        else:
+            w = w * self.weight_gain
+        if self.log_gain is not None:
+            w = w * self.log_gain.exp()
+        return w
 
     def set_effective_weight(self, w, bias=None):
-        """Store parameters so that effective_weight() == w (up to normalisation when unit_norm_atoms)."""
+        """Store parameters so that effective_weight() == w (up to normalisation when unit_norm_atoms; a learned
+        gain is reset to 1)."""
         w = torch.as_tensor(w, dtype=torch.float32)
         if w.shape != self.weight.shape:
             raise ValueError(f'OutputHead: weight must have shape {list(self.weight.shape)}, got {list(w.shape)}')
         with torch.no_grad():
+            if self.log_gain is not None:
+                self.log_gain.zero_()
             self.weight.copy_(w if self.unit_norm_atoms else w / self.weight_gain)
             if bias is not None:
                 if self.bias is None:
@@ -112,7 +124,8 @@ class OutputHead(torch.nn.Module):
 
     def extra_repr(self):
         return (f'in_channels={self.in_channels}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
-                f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}, wta={self.wta}')
+                f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}, wta={self.wta}, '
+                f'gain={self.log_gain is not None}')
 
 
 @persistence.persistent_class
@@ -124,11 +137,11 @@ class OutputHeads(torch.nn.Module):
     head of the largest resolution adds the generator image passed to forward (see module docstring, 'identity').
     top_wta: 0 = off; w >= 1 (odd) = the head of the largest resolution paints only the winner-take-all selection of
     its features (fsr_plugin.wta: one channel per site, w x w spatial suppression), like the synthetic teacher's top
-    level.
+    level. head_gain: every head learns one scalar gain of its atoms (OutputHead gain=True).
     """
 
     def __init__(self, channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True,
-                 residual_final=False, top_wta=0):
+                 residual_final=False, top_wta=0, head_gain=False):
         super().__init__()
         if not isinstance(channels, dict) or not channels:
             raise ValueError(f'OutputHeads: channels must be a non-empty dict {{resolution: channels}}, '
@@ -145,12 +158,12 @@ class OutputHeads(torch.nn.Module):
             top = r == self.resolutions[-1]
             head = OutputHead(int(channels[r]), self.img_channels, kernel_size=self.kernel_size,
                               unit_norm_atoms=unit_norm_atoms, bias=bias, residual=self.residual_final and top,
-                              wta=self.top_wta if top else 0)
+                              wta=self.top_wta if top else 0, gain=head_gain)
             setattr(self, f'h{r}', head)
 
     @classmethod
     def for_generator(cls, G, kernel_size=1, unit_norm_atoms=False, bias=True, init='random', style='unit',
-                      resolutions=None, top_wta=0):
+                      resolutions=None, top_wta=0, head_gain=False):
         """Heads matching G's synthesis blocks (all of them, or the given `resolutions`), initialised with `init`
         ('random', 'torgb' or 'identity'; 'identity' makes the final head residual)."""
         if init not in HEAD_INITS:
@@ -163,7 +176,7 @@ class OutputHeads(torch.nn.Module):
                                  f'blocks: {synthesis.block_resolutions}')
         channels = {r: int(getattr(synthesis, f'b{r}').conv1.out_channels) for r in resolutions}
         heads = cls(channels, int(synthesis.img_channels), kernel_size=kernel_size, unit_norm_atoms=unit_norm_atoms,
-                    bias=bias, residual_final=(init == 'identity'), top_wta=top_wta)
+                    bias=bias, residual_final=(init == 'identity'), top_wta=top_wta, head_gain=head_gain)
         if init != 'random':
             heads.init_from_generator(G, mode=init, style=style)
         return heads

@@ -30,7 +30,12 @@ class FSRConfig:
     head_style: str = 'unit'            # ToRGB style copied into the heads: unit | w_avg
     unit_atoms: bool = False
     head_lr: float = 1.0                # learning-rate multiplier of the heads
+    head_gain: bool = False             # every head learns one scalar gain of its atoms
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
+    swd_weight: object = 0.0            # patch sliced-Wasserstein loss weight: float (all levels) or {res: weight}
+    swd_patch: int = 3                  # its patch size q
+    swd_dirs: int = 64                  # its random directions per level and step
+    swd_pairs: bool = False             # its patches also hold the level below (joint super-resolution statistics)
     pyramid_filter: str = 'box'         # box | fir
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
     sparsity: str = 'l1'                # none | l1 | hoyer | topk
@@ -64,8 +69,13 @@ class FSRConfig:
             head_init=opts.get('fsr_head_init') or 'random',
             head_style=opts.get('fsr_head_style') or 'unit',
             unit_atoms=bool(opts.get('fsr_unit_atoms', False)),
+            head_gain=bool(opts.get('fsr_head_gain', False)),
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             top_wta=int(opts.get('fsr_top_wta') or 0),
+            swd_weight=_parse_per_layer(opts.get('fsr_swd'), '--fsr-swd') or 0.0,
+            swd_patch=int(opts.get('fsr_swd_patch') or 3),
+            swd_dirs=int(opts.get('fsr_swd_dirs') or 64),
+            swd_pairs=bool(opts.get('fsr_swd_pairs', False)),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             relu=bool(opts.get('fsr_relu', False)),
             sparsity=opts.get('fsr_sparsity') or 'l1',
@@ -103,9 +113,21 @@ def cli_options():
         click.option('--fsr-unit-atoms', help='FSR heads: unit-norm atoms', type=bool, default=False),
         click.option('--fsr-head-lr', help='FSR heads: learning-rate multiplier', type=float, default=1.0,
                      show_default=True),
+        click.option('--fsr-head-gain', help='FSR heads: each head learns one scalar gain of its atoms (with '
+                     '--fsr-unit-atoms, lets lower heads paint low-contrast levels)', type=bool, default=False),
         click.option('--fsr-top-wta', help='FSR: the top head paints only one channel per site, winners of a w x w '
                      'spatial suppression (w odd; 1 = channel selection only; 0 = off)', type=click.IntRange(min=0),
                      default=0, show_default=True),
+        click.option('--fsr-swd', help='FSR: weight of the per-level patch sliced-Wasserstein generator loss between '
+                     'the head images and the real pyramid: number or "res:w,res:w" (0 = off)', type=str,
+                     default='0', show_default=True),
+        click.option('--fsr-swd-patch', help='FSR --fsr-swd: patch size q', type=click.IntRange(min=1), default=3,
+                     show_default=True),
+        click.option('--fsr-swd-dirs', help='FSR --fsr-swd: random projection directions per level and step',
+                     type=click.IntRange(min=1), default=64, show_default=True),
+        click.option('--fsr-swd-pairs', help='FSR --fsr-swd: a patch of level r also holds the level r/2 under it '
+                     '(matches the super-resolution step, as the pair discriminators see it)', type=bool,
+                     default=False),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,

@@ -27,6 +27,7 @@ from training import hooks as hooks_lib
 from training import networks
 
 from . import fsr_metrics
+from . import patch_swd
 from . import pyramid as pyramid_lib
 from .heads import OutputHeads
 from .options import FSRConfig
@@ -55,7 +56,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.heads_ema = None
         self.pairs = None
         self.sparsity = None
-        self._real_cache = (None, None)
+        self.swd_weights = {}
+        self._real_cache = (None, None, None)
         self.G = None
         self.D = None
         self._heads_as_built = None   # CPU copies of the heads' tensors at construction, until _finish_head_init.
@@ -67,7 +69,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         cfg = self.cfg
         self.G, self.D = G, D
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
-                                               init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta)
+                                               init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta,
+                                               head_gain=cfg.head_gain)
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -81,6 +84,10 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if any(w > 0 for w in weights.values()):
                 self.sparsity = SparsityPenalty(weights, mode=cfg.sparsity, patch_size=cfg.sparsity_patch,
                                                 target=cfg.sparsity_target)
+        if isinstance(cfg.swd_weight, dict):
+            self.swd_weights = {r: w for r, w in cfg.swd_weight.items() if w > 0}
+        elif cfg.swd_weight > 0:
+            self.swd_weights = {r: float(cfg.swd_weight) for r in resolutions if r >= cfg.swd_patch}
         return modules
 
     def set_ema_modules(self, ema_modules):
@@ -134,11 +141,14 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     # ------------------------------------------------------------------------------------------------------------------
 
     def _real_pyramid(self, real_img, resolutions):
-        key = (real_img.data_ptr(), tuple(real_img.shape), tuple(resolutions))
-        if self._real_cache[0] != key:
+        """The real pyramid of this real batch, built once for all phases of a step. The cache holds the batch tensor
+        itself and matches by identity: a key of address and shape could match a new batch that the allocator put
+        where a freed one was."""
+        cached_img, cached_res, pyr = self._real_cache
+        if cached_img is not real_img or cached_res != tuple(resolutions):
             pyr = pyramid_lib.build_pyramid(real_img.detach(), resolutions, filter=self.cfg.pyramid_filter)
-            self._real_cache = (key, pyr)
-        return self._real_cache[1]
+            self._real_cache = (real_img, tuple(resolutions), pyr)
+        return pyr
 
     @staticmethod
     def _adv(loss_type, scores, real):
@@ -170,6 +180,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                         training_stats.report(f'FSR/{name}', value)
                     if penalties:
                         terms['sparsity'] = sum(penalties.values())
+                if self.swd_weights:
+                    terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
                     if scores:
@@ -206,6 +218,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if penalties:
                 terms['pair_r1'] = sum(penalties) * (self.pair_r1 / 2) * cfg.pair_weight
         return terms
+
+    def _swd_terms(self, fake_pyr, ctx):
+        """--fsr-swd: {'swd': sum over levels of weight * patch sliced-Wasserstein loss} for the G phase."""
+        real_img = ctx['real_img']
+        resolutions = [r for r in fake_pyr if r <= real_img.shape[-1]]
+        real_pyr = self._real_pyramid(real_img, resolutions)
+        losses = patch_swd.level_swd_losses(fake_pyr, real_pyr, self.swd_weights, patch_size=self.cfg.swd_patch,
+                                            num_dirs=self.cfg.swd_dirs, seed=int(ctx.get('cur_nimg', 0)),
+                                            pairs=self.cfg.swd_pairs)
+        for r, (_, value) in losses.items():
+            training_stats.report(f'FSR/swd_r{r}', value)
+        return {'swd': sum(weighted for weighted, _ in losses.values())} if losses else {}
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -280,6 +304,7 @@ def update_training_options(c, options):
     fine_tuning = c.get('resume_pkl') is not None
     if cfg.top_wta % 2 == 0 and cfg.top_wta != 0:
         raise click.UsageError(f'--fsr-top-wta must be 0 (off) or odd (the suppression window), got {cfg.top_wta}')
+    _check_swd_options(cfg, c.training_set_kwargs.resolution)
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))
@@ -298,6 +323,18 @@ def update_training_options(c, options):
     if cfg.diagnostics:
         c.metrics = list(c.metrics) + [m for m in FSR_METRICS if m not in c.metrics]
     c.desc += '-fsr'
+
+
+def _check_swd_options(cfg, resolution):
+    weights = cfg.swd_weight if isinstance(cfg.swd_weight, dict) else {None: cfg.swd_weight}
+    for r, w in weights.items():
+        if w < 0:
+            raise click.UsageError(f'--fsr-swd: weights must be >= 0, got {w}')
+        if r is not None and (r < 4 or r > resolution or r & (r - 1)):
+            raise click.UsageError(f'--fsr-swd: {r} is not a synthesis resolution of this {resolution}x{resolution} '
+                                   f'generator')
+        if r is not None and w > 0 and r < cfg.swd_patch:
+            raise click.UsageError(f'--fsr-swd: level {r} is smaller than the patch (--fsr-swd-patch={cfg.swd_patch})')
 
 
 def _default_argument(cls, name):

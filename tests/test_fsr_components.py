@@ -170,6 +170,27 @@ def test_unit_norm_head_is_scale_invariant_and_has_gradients():
     assert heads.head(4).weight.grad.abs().sum() > 0 and heads.head(4).bias.grad.abs().sum() > 0
 
 
+def test_head_gain_scales_unit_atoms_and_learns():
+    heads = heads_lib.OutputHeads({4: 3, 8: 2}, img_channels=3, kernel_size=3, unit_norm_atoms=True, head_gain=True)
+    plain = heads_lib.OutputHeads({4: 3, 8: 2}, img_channels=3, kernel_size=3, unit_norm_atoms=True)
+    plain.load_state_dict({k: v for k, v in heads.state_dict().items() if 'log_gain' not in k})
+    feats = {4: torch.randn([2, 3, 4, 4]), 8: torch.randn([2, 2, 8, 8])}
+    torch.testing.assert_close(heads(feats)[8], plain(feats)[8])  # the gain starts at 1
+    with torch.no_grad():
+        heads.head(4).log_gain.fill_(math.log(0.25))
+    # Atom directions stay unit-norm; the head paints them at a quarter of the contrast (bias 0).
+    norms = heads.atoms(4).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full([3], 0.25), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(heads(feats)[4], 0.25 * plain(feats)[4], rtol=1e-5, atol=1e-6)
+    heads(feats)[4].square().sum().backward()
+    assert heads.head(4).log_gain.grad.abs() > 0 and heads.head(8).log_gain.grad is None
+    clone = pickle.loads(pickle.dumps(heads))
+    torch.testing.assert_close(clone(feats)[4], heads(feats)[4], rtol=0, atol=0)
+    heads.head(4).set_effective_weight(torch.ones([3, 3, 3, 3]))
+    assert float(heads.head(4).log_gain) == 0  # an explicit weight resets the gain
+    assert heads_lib.OutputHead(3, 3).log_gain is None
+
+
 @pytest.mark.parametrize('style', ['unit', 'w_avg'])
 def test_torgb_init_copies_the_unmodulated_torgb(style):
     G = tiny_G()
