@@ -15,10 +15,13 @@ Effective atoms:
   Conv2dLayer / ToRGBLayer; stored weights start N(0, 1));
 * unit_norm_atoms=True: each atom weight[:, i] (over img_channels x k x k, i.e. per hidden channel) is scaled to unit
   L2 norm in every forward pass (weight normalisation), so the scale of a feature lives in the hidden code.
-* gain=True: all atoms of the head are also multiplied by one learned scalar exp(log_gain) (starts at 1). The host's
-  demodulated convolutions keep hidden features at about unit scale, so unit-norm atoms alone paint images of a
-  fixed contrast; the gain lets a head paint the low-contrast images of a downscaled pyramid level while its atom
-  directions, and their relative scales in the code, stay as they are.
+* gain=True: all atoms of the head are also multiplied by one learned scalar exp(log_gain). The host's demodulated
+  convolutions keep hidden features at about unit scale, so unit-norm atoms alone paint images of a fixed contrast;
+  the gain lets a head paint the low-contrast images of a downscaled pyramid level while its atom directions, and
+  their relative scales in the code, stay as they are. It starts at 1, except on a unit-norm head without
+  winner-take-all: there it starts at the equalised-lr scale 1 / sqrt(C * k * k) of a plain head, because a dense
+  code sums many unit atoms at every pixel (at 1 such a head starts 20-100x above the contrast of the synthetic
+  teacher's 4-16 px levels).
 
 Initialisation (`init_from_generator`):
 * 'torgb': the 1x1 map of G.synthesis.b<r>.torgb with its style modulation removed, i.e. effective weight
@@ -76,7 +79,8 @@ class OutputHead(torch.nn.Module):
         self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size ** 2))
         self.weight = torch.nn.Parameter(torch.randn([img_channels, in_channels, kernel_size, kernel_size]))
         self.bias = torch.nn.Parameter(torch.zeros([img_channels])) if bias else None
-        self.log_gain = torch.nn.Parameter(torch.zeros([])) if gain else None
+        start = np.log(self.weight_gain) if (self.unit_norm_atoms and not wta) else 0.0
+        self.log_gain = torch.nn.Parameter(torch.full([], float(start))) if gain else None
 
     def effective_weight(self):
         """Convolution weight actually applied: [img_channels, in_channels, k, k] (float32)."""

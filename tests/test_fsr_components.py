@@ -175,7 +175,12 @@ def test_head_gain_scales_unit_atoms_and_learns():
     plain = heads_lib.OutputHeads({4: 3, 8: 2}, img_channels=3, kernel_size=3, unit_norm_atoms=True)
     plain.load_state_dict({k: v for k, v in heads.state_dict().items() if 'log_gain' not in k})
     feats = {4: torch.randn([2, 3, 4, 4]), 8: torch.randn([2, 2, 8, 8])}
-    torch.testing.assert_close(heads(feats)[8], plain(feats)[8])  # the gain starts at 1
+    # A dense unit-atom head starts at the equalised-lr scale of a plain head; a winner-take-all head at 1.
+    torch.testing.assert_close(heads(feats)[8], plain(feats)[8] / math.sqrt(2 * 9), rtol=1e-5, atol=1e-6)
+    top = heads_lib.OutputHeads({4: 3, 8: 2}, img_channels=3, kernel_size=3, unit_norm_atoms=True, head_gain=True,
+                                top_wta=1)
+    assert float(top.head(8).log_gain) == 0 and float(top.head(4).log_gain) == pytest.approx(-0.5 * math.log(3 * 9))
+    assert float(heads_lib.OutputHead(4, 3, kernel_size=3, gain=True).log_gain) == 0  # plain heads: already scaled
     with torch.no_grad():
         heads.head(4).log_gain.fill_(math.log(0.25))
     # Atom directions stay unit-norm; the head paints them at a quarter of the contrast (bias 0).
