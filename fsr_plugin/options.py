@@ -36,6 +36,7 @@ class FSRConfig:
     swd_patch: int = 3                  # its patch size q
     swd_dirs: int = 64                  # its random directions per level and step
     swd_pairs: bool = False             # its patches also hold the level below (joint super-resolution statistics)
+    swd_image_weight: object = 0.0      # the same loss on whole images of every level: float or {res: weight}
     pyramid_filter: str = 'box'         # box | fir
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
     sparsity: str = 'l1'                # none | l1 | hoyer | topk
@@ -76,6 +77,7 @@ class FSRConfig:
             swd_patch=int(opts.get('fsr_swd_patch') or 3),
             swd_dirs=int(opts.get('fsr_swd_dirs') or 64),
             swd_pairs=bool(opts.get('fsr_swd_pairs', False)),
+            swd_image_weight=_parse_per_layer(opts.get('fsr_swd_image'), '--fsr-swd-image') or 0.0,
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             relu=bool(opts.get('fsr_relu', False)),
             sparsity=opts.get('fsr_sparsity') or 'l1',
@@ -128,6 +130,9 @@ def cli_options():
         click.option('--fsr-swd-pairs', help='FSR --fsr-swd: a patch of level r also holds the level r/2 under it '
                      '(matches the super-resolution step, as the pair discriminators see it)', type=bool,
                      default=False),
+        click.option('--fsr-swd-image', help='FSR: weight of the sliced-Wasserstein loss between whole head images '
+                     'and whole real pyramid levels: number or "res:w,res:w" (0 = off)', type=str, default='0',
+                     show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,

@@ -81,18 +81,21 @@ def level_swd_losses(fake_pyramid, real_pyramid, weights, patch_size=3, num_dirs
     relative=True (the default) every level counts in units of its own real spread. pairs=True: a patch of level r
     also holds the patch of level r/2 (upsampled) under it (`pair_images`), so what is matched is the joint
     distribution of a patch and its low-resolution context, the super-resolution step, as the pair
-    discriminators judge it. Levels smaller than the patch are skipped. Returns {r: (weighted loss, unweighted
-    loss)}; the directions depend on (seed, r) only."""
+    discriminators judge it. patch_size=0: one patch per image, the whole level (what is matched is then the
+    distribution of whole images, which a generator that draws one image cannot meet at any level; patches of a few
+    pixels can be matched by one varied image). Levels smaller than the patch are skipped. Returns {r: (weighted
+    loss, unweighted loss)}; the directions depend on (seed, r) only."""
     out = {}
     for r, x_fake in fake_pyramid.items():
         w = float(weights.get(r, 0.0))
-        if w <= 0 or r not in real_pyramid or r < patch_size:
+        q = patch_size if patch_size > 0 else r
+        if w <= 0 or r not in real_pyramid or r < q:
             continue
         x_real = real_pyramid[r].detach().to(x_fake.dtype)
         if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
             x_fake = pair_images(fake_pyramid, r)
             x_real = pair_images({k: v.detach() for k, v in real_pyramid.items() if k in (r, r // 2)}, r)
-        rows_fake, rows_real = patch_rows(x_fake, patch_size), patch_rows(x_real, patch_size)
+        rows_fake, rows_real = patch_rows(x_fake, q), patch_rows(x_real, q)
         dirs = random_directions(rows_fake.shape[1], num_dirs, seed=seed * 1009 + r, device=x_fake.device)
         value = sliced_wasserstein_loss(rows_fake, rows_real, dirs, seed=seed, relative=relative)
         out[r] = (w * value, value.detach())

@@ -57,6 +57,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.pairs = None
         self.sparsity = None
         self.swd_weights = {}
+        self.swd_image_weights = {}
         self._real_cache = (None, None, None)
         self.G = None
         self.D = None
@@ -84,10 +85,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if any(w > 0 for w in weights.values()):
                 self.sparsity = SparsityPenalty(weights, mode=cfg.sparsity, patch_size=cfg.sparsity_patch,
                                                 target=cfg.sparsity_target)
-        if isinstance(cfg.swd_weight, dict):
-            self.swd_weights = {r: w for r, w in cfg.swd_weight.items() if w > 0}
-        elif cfg.swd_weight > 0:
-            self.swd_weights = {r: float(cfg.swd_weight) for r in resolutions if r >= cfg.swd_patch}
+        self.swd_weights = _level_weights(cfg.swd_weight, [r for r in resolutions if r >= cfg.swd_patch])
+        self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
         return modules
 
     def set_ema_modules(self, ema_modules):
@@ -180,7 +179,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                         training_stats.report(f'FSR/{name}', value)
                     if penalties:
                         terms['sparsity'] = sum(penalties.values())
-                if self.swd_weights:
+                if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
@@ -220,16 +219,24 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return terms
 
     def _swd_terms(self, fake_pyr, ctx):
-        """--fsr-swd: {'swd': sum over levels of weight * patch sliced-Wasserstein loss} for the G phase."""
+        """--fsr-swd / --fsr-swd-image: {'swd': sum over levels of weight * patch sliced-Wasserstein loss,
+        'swd_image': the same on whole images} for the G phase."""
         real_img = ctx['real_img']
         resolutions = [r for r in fake_pyr if r <= real_img.shape[-1]]
         real_pyr = self._real_pyramid(real_img, resolutions)
-        losses = patch_swd.level_swd_losses(fake_pyr, real_pyr, self.swd_weights, patch_size=self.cfg.swd_patch,
-                                            num_dirs=self.cfg.swd_dirs, seed=int(ctx.get('cur_nimg', 0)),
-                                            pairs=self.cfg.swd_pairs)
-        for r, (_, value) in losses.items():
-            training_stats.report(f'FSR/swd_r{r}', value)
-        return {'swd': sum(weighted for weighted, _ in losses.values())} if losses else {}
+        seed = int(ctx.get('cur_nimg', 0))
+        terms = {}
+        for name, weights, patch, pairs in (('swd', self.swd_weights, self.cfg.swd_patch, self.cfg.swd_pairs),
+                                            ('swd_image', self.swd_image_weights, 0, False)):
+            if not weights:
+                continue
+            losses = patch_swd.level_swd_losses(fake_pyr, real_pyr, weights, patch_size=patch,
+                                                num_dirs=self.cfg.swd_dirs, seed=seed, pairs=pairs)
+            for r, (_, value) in losses.items():
+                training_stats.report(f'FSR/{name}_r{r}', value)
+            if losses:
+                terms[name] = sum(weighted for weighted, _ in losses.values())
+        return terms
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -325,16 +332,25 @@ def update_training_options(c, options):
     c.desc += '-fsr'
 
 
+def _level_weights(weight, resolutions):
+    """A per-level option's value (float for every level, or {res: w}) -> {res: w} of the levels with w > 0."""
+    if isinstance(weight, dict):
+        return {r: float(w) for r, w in weight.items() if w > 0}
+    return {r: float(weight) for r in resolutions} if weight > 0 else {}
+
+
 def _check_swd_options(cfg, resolution):
-    weights = cfg.swd_weight if isinstance(cfg.swd_weight, dict) else {None: cfg.swd_weight}
-    for r, w in weights.items():
-        if w < 0:
-            raise click.UsageError(f'--fsr-swd: weights must be >= 0, got {w}')
-        if r is not None and (r < 4 or r > resolution or r & (r - 1)):
-            raise click.UsageError(f'--fsr-swd: {r} is not a synthesis resolution of this {resolution}x{resolution} '
-                                   f'generator')
-        if r is not None and w > 0 and r < cfg.swd_patch:
-            raise click.UsageError(f'--fsr-swd: level {r} is smaller than the patch (--fsr-swd-patch={cfg.swd_patch})')
+    checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch), ('--fsr-swd-image', cfg.swd_image_weight, 1))
+    for flag, weight, patch in checks:
+        weights = weight if isinstance(weight, dict) else {None: weight}
+        for r, w in weights.items():
+            if w < 0:
+                raise click.UsageError(f'{flag}: weights must be >= 0, got {w}')
+            if r is not None and (r < 4 or r > resolution or r & (r - 1)):
+                raise click.UsageError(f'{flag}: {r} is not a synthesis resolution of this {resolution}x{resolution} '
+                                       f'generator')
+            if r is not None and w > 0 and r < patch:
+                raise click.UsageError(f'{flag}: level {r} is smaller than the patch (--fsr-swd-patch={patch})')
 
 
 def _default_argument(cls, name):

@@ -115,15 +115,16 @@ def test_real_pyramid_cache_matches_the_batch_object_not_its_address():
 
 
 def test_fsr_swd_trains_and_reports_per_level(tmp_path, one_thread):
-    plugin = make_plugin(dict(fsr=True, fsr_pair=False, fsr_swd='8:1,16:2', fsr_swd_dirs=16, fsr_swd_pairs=True),
+    plugin = make_plugin(dict(fsr=True, fsr_pair=False, fsr_swd='8:1,16:2', fsr_swd_dirs=16, fsr_swd_pairs=True,
+                              fsr_swd_image='4:0.5'),
                          dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
     assert isinstance(plugin, FSRPlugin)
     training_loop.training_loop(**loop_kwargs(tmp_path, 0.064, plugins=[plugin]))
-    assert plugin.swd_weights == {8: 1.0, 16: 2.0}
+    assert plugin.swd_weights == {8: 1.0, 16: 2.0} and plugin.swd_image_weights == {4: 0.5}
     stats = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()][-1]
-    for key in ('Loss/fsr/swd', 'FSR/swd_r8', 'FSR/swd_r16'):
+    for key in ('Loss/fsr/swd', 'FSR/swd_r8', 'FSR/swd_r16', 'Loss/fsr/swd_image', 'FSR/swd_image_r4'):
         assert key in stats and stats[key]['mean'] > 0, key
-    assert 'FSR/swd_r4' not in stats
+    assert 'FSR/swd_r4' not in stats and 'FSR/swd_image_r8' not in stats
 
 
 def test_train_cli_fsr_swd_options(tmp_path):
@@ -131,7 +132,7 @@ def test_train_cli_fsr_swd_options(tmp_path):
                     tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     for bad, message in (('--fsr-swd=-1', 'weights must be >= 0'), ('--fsr-swd=12:1', '12 is not a synthesis'),
-                         ('--fsr-swd=64:1', '64 is not a synthesis')):
+                         ('--fsr-swd=64:1', '64 is not a synthesis'), ('--fsr-swd-image=-2', 'weights must be')):
         res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', bad], tmp_path)
         assert res.returncode != 0 and message in res.stderr, (bad, res.stderr[-2000:])
     res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', '--fsr-swd=4:1',
@@ -158,3 +159,19 @@ def test_pair_patches_see_a_broken_super_resolution_step():
     expected = patch_swd.sliced_wasserstein_loss(patch_swd.patch_rows(patch_swd.pair_images(fake, 8), 3),
                                                  patch_swd.patch_rows(both, 3), dirs, relative=True)
     torch.testing.assert_close(pairs[8][1], expected)
+
+
+def test_whole_image_swd_sees_a_collapse_that_patches_miss():
+    """Reals: every image a random shuffle of one set of pixel values. A fake set of one real image repeated has the
+    reals' pixel (1x1 patch) distribution up to sampling, but not their distribution of whole images."""
+    torch.manual_seed(0)
+    base = torch.randn(3 * 8 * 8)
+    real = {8: torch.stack([base[torch.randperm(base.numel())].reshape(3, 8, 8) for _ in range(64)])}
+    fake = {8: real[8][:1].expand(64, 3, 8, 8)}
+    patches = patch_swd.level_swd_losses(fake, real, {8: 1.0}, patch_size=1, num_dirs=32, seed=0)
+    images = patch_swd.level_swd_losses(fake, real, {8: 1.0}, patch_size=0, num_dirs=32, seed=0)
+    assert float(patches[8][1]) < 0.05 and float(images[8][1]) > 0.5
+    dirs = patch_swd.random_directions(3 * 8 * 8, 32, seed=8)
+    expected = patch_swd.sliced_wasserstein_loss(fake[8].reshape(64, -1), real[8].reshape(64, -1), dirs,
+                                                 relative=True)
+    torch.testing.assert_close(images[8][1], expected)
