@@ -193,6 +193,8 @@ def setup_training_options(opts):
         args.D_kwargs.architecture = opts.d_arch
     if opts.sn:
         args.D_kwargs.spectral_norm = True
+    if not opts.g_noise:
+        args.G_kwargs.synthesis_kwargs.use_noise = False
 
     glr = opts.glr if opts.glr is not None else spec.lrate
     dlr = opts.dlr if opts.dlr is not None else spec.lrate
@@ -494,6 +496,8 @@ def _plugin_options(f):
 @click.option('--mbstd-group', help='Minibatch std group size', type=int)
 @click.option('--d-arch', help='Discriminator architecture', type=click.Choice(['orig', 'skip', 'resnet']))
 @click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
+@click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
+              default=True, show_default=True)
 @click.option('--ema-kimg', help='G_ema half-life in kimg', type=float)
 @click.option('--loss', help='Loss family', type=click.Choice(['nonsaturating', 'hinge', 'wgan']),
               default='nonsaturating', show_default=True)

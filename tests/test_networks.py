@@ -222,6 +222,19 @@ def test_noise_modes_and_const_noise_determinism():
         G(z, c, noise_mode='bogus')
 
 
+def test_generator_without_noise_inputs_depends_on_z_only():
+    """train.py --g-noise=0: synthesis_kwargs use_noise=False gives no noise buffers or strengths, and every noise
+    mode draws the same image."""
+    G = small_G(use_noise=False).eval()
+    assert not any('noise' in name for name, _ in G.named_parameters())
+    assert not any('noise' in name for name, _ in G.named_buffers())
+    z = torch.randn([2, G.z_dim])
+    with torch.no_grad():
+        imgs = [G(z, torch.zeros([2, 0]), noise_mode=m) for m in ('random', 'const', 'none')]
+    assert torch.equal(imgs[0], imgs[1]) and torch.equal(imgs[0], imgs[2])
+    assert len(list(G.parameters())) < len(list(small_G().parameters()))
+
+
 def test_return_features_and_max_res():
     G = small_G(res=16)
     ws = G.mapping(torch.randn([2, G.z_dim]), None)

@@ -488,6 +488,10 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
     assert (opts['loss_kwargs']['div_weight'], opts['loss_kwargs']['div_res'], opts['loss_kwargs']['div_batch']) == \
         (0.5, 4, 8)
+    assert 'use_noise' not in opts['G_kwargs']['synthesis_kwargs']  # default: G as NVIDIA's, noise on
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-noise=0'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['use_noise'] is False
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
     assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)
