@@ -91,10 +91,10 @@ def level_swd_losses(fake_pyramid, real_pyramid, weights, patch_size=3, num_dirs
         q = patch_size if patch_size > 0 else r
         if w <= 0 or r not in real_pyramid or r < q:
             continue
-        x_real = real_pyramid[r].detach().to(x_fake.dtype)
+        x_real = real_pyramid[r]
         if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
-            x_fake = pair_images(fake_pyramid, r)
-            x_real = pair_images({k: v.detach() for k, v in real_pyramid.items() if k in (r, r // 2)}, r)
+            x_fake, x_real = pair_images(fake_pyramid, r), pair_images(real_pyramid, r)
+        x_real = x_real.detach().to(x_fake.dtype)
         rows_fake, rows_real = patch_rows(x_fake, q), patch_rows(x_real, q)
         dirs = random_directions(rows_fake.shape[1], num_dirs, seed=seed * 1009 + r, device=x_fake.device)
         value = sliced_wasserstein_loss(rows_fake, rows_real, dirs, seed=seed, relative=relative)
