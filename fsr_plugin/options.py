@@ -11,7 +11,10 @@ def _parse_per_layer(text, name):
         return None
     text = str(text).strip()
     if ':' not in text:
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise click.BadParameter(f'{name}: expected a number or "res:value,res:value", got {text!r}') from None
     out = {}
     for part in text.split(','):
         try:
@@ -37,6 +40,9 @@ class FSRConfig:
     swd_dirs: int = 64                  # its random directions per level and step
     swd_pairs: bool = False             # its patches also hold the level below (joint super-resolution statistics)
     swd_image_weight: object = 0.0      # the same loss on whole images of every level: float or {res: weight}
+    moments_weight: object = 0.0        # patch mean/covariance matching loss weight: float or {res: weight}
+    moments_patch: int = 3              # its patch size q
+    moments_pairs: bool = False         # its patches also hold the level below
     pyramid_filter: str = 'box'         # box | fir
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
     sparsity: str = 'l1'                # none | l1 | hoyer | topk
@@ -78,6 +84,9 @@ class FSRConfig:
             swd_dirs=int(opts.get('fsr_swd_dirs') or 64),
             swd_pairs=bool(opts.get('fsr_swd_pairs', False)),
             swd_image_weight=_parse_per_layer(opts.get('fsr_swd_image'), '--fsr-swd-image') or 0.0,
+            moments_weight=_parse_per_layer(opts.get('fsr_moments'), '--fsr-moments') or 0.0,
+            moments_patch=int(opts.get('fsr_moments_patch') or 3),
+            moments_pairs=bool(opts.get('fsr_moments_pairs', False)),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             relu=bool(opts.get('fsr_relu', False)),
             sparsity=opts.get('fsr_sparsity') or 'l1',
@@ -133,6 +142,14 @@ def cli_options():
         click.option('--fsr-swd-image', help='FSR: weight of the sliced-Wasserstein loss between whole head images '
                      'and whole real pyramid levels: number or "res:w,res:w" (0 = off)', type=str, default='0',
                      show_default=True),
+        click.option('--fsr-moments', help='FSR: weight of the per-level patch-moment generator loss (mean and '
+                     'covariance of the head images\' patches against the real pyramid\'s, in the units of the '
+                     'fsr_moment_gap diagnostic): number or "res:w,res:w" (0 = off)', type=str, default='0',
+                     show_default=True),
+        click.option('--fsr-moments-patch', help='FSR --fsr-moments: patch size q', type=click.IntRange(min=1),
+                     default=3, show_default=True),
+        click.option('--fsr-moments-pairs', help='FSR --fsr-moments: a patch of level r also holds the level r/2 '
+                     'under it (matches the cross-moments of the super-resolution step)', type=bool, default=False),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,

@@ -27,6 +27,7 @@ from training import hooks as hooks_lib
 from training import networks
 
 from . import fsr_metrics
+from . import patch_moment_loss
 from . import patch_swd
 from . import pyramid as pyramid_lib
 from .heads import OutputHeads
@@ -58,6 +59,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.sparsity = None
         self.swd_weights = {}
         self.swd_image_weights = {}
+        self.moment_weights = {}
         self._real_cache = (None, None, None)
         self.G = None
         self.D = None
@@ -87,6 +89,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                                                 target=cfg.sparsity_target)
         self.swd_weights = _level_weights(cfg.swd_weight, [r for r in resolutions if r >= cfg.swd_patch])
         self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
+        self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
         return modules
 
     def set_ema_modules(self, ema_modules):
@@ -181,6 +184,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                         terms['sparsity'] = sum(penalties.values())
                 if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
+                if self.moment_weights:
+                    terms.update(self._moment_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
                     if scores:
@@ -237,6 +242,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if losses:
                 terms[name] = sum(weighted for weighted, _ in losses.values())
         return terms
+
+    def _moment_terms(self, fake_pyr, ctx):
+        """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
+        phase; logs FSR/moments_mean_r<r> and FSR/moments_cov_r<r> (unweighted)."""
+        real_img = ctx['real_img']
+        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, self.moment_weights,
+                                                       patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs)
+        for r, (_, mean_term, cov_term) in losses.items():
+            training_stats.report(f'FSR/moments_mean_r{r}', mean_term)
+            training_stats.report(f'FSR/moments_cov_r{r}', cov_term)
+        return {'moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -311,7 +328,7 @@ def update_training_options(c, options):
     fine_tuning = c.get('resume_pkl') is not None
     if cfg.top_wta % 2 == 0 and cfg.top_wta != 0:
         raise click.UsageError(f'--fsr-top-wta must be 0 (off) or odd (the suppression window), got {cfg.top_wta}')
-    _check_swd_options(cfg, c.training_set_kwargs.resolution)
+    _check_level_loss_options(cfg, c.training_set_kwargs.resolution)
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))
@@ -339,9 +356,11 @@ def _level_weights(weight, resolutions):
     return {r: float(weight) for r in resolutions} if weight > 0 else {}
 
 
-def _check_swd_options(cfg, resolution):
-    checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch), ('--fsr-swd-image', cfg.swd_image_weight, 1))
-    for flag, weight, patch in checks:
+def _check_level_loss_options(cfg, resolution):
+    checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch, '--fsr-swd-patch'),
+              ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
+              ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'))
+    for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
             if w < 0:
@@ -350,7 +369,7 @@ def _check_swd_options(cfg, resolution):
                 raise click.UsageError(f'{flag}: {r} is not a synthesis resolution of this {resolution}x{resolution} '
                                        f'generator')
             if r is not None and w > 0 and r < patch:
-                raise click.UsageError(f'{flag}: level {r} is smaller than the patch (--fsr-swd-patch={patch})')
+                raise click.UsageError(f'{flag}: level {r} is smaller than the patch ({patch_flag}={patch})')
 
 
 def _default_argument(cls, name):

@@ -1,0 +1,69 @@
+"""Patch-moment matching per pyramid level: a generator loss (`--fsr-moments`).
+
+FSR.md section 2.1: the output layers are pinned down by matching low-order moments of patches, and a discriminator
+that is a low-degree polynomial of a patch can only ask for that. This term is the best response to such a
+discriminator written out: at every level r, the mean and covariance of the q x q patches of the fake head images are
+pulled to those of the real pyramid level in the same step. It is the statistic of the `fsr_moment_gap` diagnostic
+(FSR.md section 4), made differentiable and measured on one batch.
+
+Why beside `--fsr-swd`: sliced Wasserstein distances along random directions see a covariance that has the reals'
+trace but the wrong shape only weakly (along a random unit direction u, u^T C u averages trace(C) / D whatever the
+shape; only its spread over directions carries the shape). A generator painted smooth blobs where the teacher's
+16x16 patches are nearly white, scoring 0.08 on `--fsr-swd` (1 = collapse to the reals' mean) with a covariance gap
+of 1.1-1.3 (docs/RESULTS.md section 11).
+
+The real moments come from the step's real batch, with no running state: the loss is quadratic in them, so its
+gradient is unbiased for the real distribution, and a resumed run needs nothing restored.
+"""
+
+import torch
+
+from .patch_swd import pair_images, patch_rows
+
+__all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses']
+
+
+def patch_mean_cov(rows):
+    """rows [P, D] -> (mean [D], population covariance [D, D] = E[(x - mean)(x - mean)^T]); P >= 1."""
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f'patch_mean_cov: expected rows [P, D] with P >= 1, got {list(rows.shape)}')
+    mean = rows.mean(dim=0)
+    centred = rows - mean
+    return mean, centred.T @ centred / rows.shape[0]
+
+
+def moment_matching_loss(fake, real, eps=1e-12):
+    """Unitless moment mismatch of point sets fake [N, D] and real [M, D]:
+    mean term |m_fake - m_real|^2 / trace(C_real) (a mean shift in units of the reals' spread) and
+    covariance term |C_fake - C_real|_F^2 / |C_real|_F^2 (the squared `fsr_moment_gap` gap_2).
+    The normalisers carry no gradient; fake that is one point at the reals' mean scores (0, 1).
+    Differentiable in fake (and in real if it requires grad). Returns (mean term, covariance term), scalars."""
+    if fake.ndim != 2 or real.ndim != 2 or fake.shape[1] != real.shape[1]:
+        raise ValueError(f'moment_matching_loss: expected fake [N, D] and real [M, D], got {list(fake.shape)} and '
+                         f'{list(real.shape)}')
+    m_fake, c_fake = patch_mean_cov(fake)
+    m_real, c_real = patch_mean_cov(real)
+    spread = torch.diagonal(c_real).sum().detach().clamp_min(eps)
+    size = c_real.detach().square().sum().clamp_min(eps)
+    return (m_fake - m_real).square().sum() / spread, (c_fake - c_real).square().sum() / size
+
+
+def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs=False):
+    """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): weights[r] * (mean term +
+    covariance term) of `moment_matching_loss` between the q x q patches (stride 1) of fake and real level r.
+    pairs=True: a patch of level r also holds the patch of level r/2 (upsampled) under it (`patch_swd.pair_images`),
+    so the cross-moments of a patch and its low-resolution context, the super-resolution step, are matched too.
+    The reals carry no gradient. Levels smaller than the patch are skipped.
+    Returns {r: (weighted loss, unweighted mean term, unweighted covariance term)}."""
+    out = {}
+    for r, x_fake in fake_pyramid.items():
+        w = float(weights.get(r, 0.0))
+        if w <= 0 or r not in real_pyramid or r < patch_size:
+            continue
+        x_real = real_pyramid[r]
+        if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
+            x_fake, x_real = pair_images(fake_pyramid, r), pair_images(real_pyramid, r)
+        x_real = x_real.detach().to(x_fake.dtype)
+        mean_term, cov_term = moment_matching_loss(patch_rows(x_fake, patch_size), patch_rows(x_real, patch_size))
+        out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
+    return out
