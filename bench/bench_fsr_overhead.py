@@ -57,8 +57,10 @@ MODES = {
     'heads+pair': ['--fsr=1', '--fsr-sparsity-weight=0', '--fsr-pair=1', '--fsr-pair-r1=0'],
     'heads+pair+r1': ['--fsr=1', '--fsr-sparsity-weight=0', '--fsr-pair=1'],
     'fsr_all+swd': FSR_ALL + ['--fsr-swd=1', '--fsr-swd-pairs=1', '--fsr-head-gain=1'],
+    'fsr_all+moments': FSR_ALL + ['--fsr-moments=1', '--fsr-moments-pairs=1', '--fsr-head-gain=1'],
 }
-MODE_SETS = {'main': ['plain', 'fsr_all'], 'swd': ['plain', 'fsr_all', 'fsr_all+swd'], 'all': list(MODES)}
+MODE_SETS = {'main': ['plain', 'fsr_all'], 'swd': ['plain', 'fsr_all', 'fsr_all+swd'],
+             'moments': ['plain', 'fsr_all', 'fsr_all+moments'], 'all': list(MODES)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -159,8 +161,8 @@ def _summarise(result, modes):
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.option('--precision', help='Comma list of precisions: fp32, mixed (bf16 blocks)', default='fp32,mixed',
               show_default=True)
-@click.option('--modes', 'mode_set', help='main: plain and fsr_all; swd: also fsr_all with --fsr-swd; all: every '
-              'component',
+@click.option('--modes', 'mode_set', help='main: plain and fsr_all; swd / moments: also fsr_all with --fsr-swd / '
+              '--fsr-moments; all: every component',
               type=click.Choice(sorted(MODE_SETS)), default='all', show_default=True)
 @click.option('--rounds', help='Alternating rounds per precision', type=click.IntRange(min=1), default=4,
               show_default=True)
