@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -126,3 +127,13 @@ def test_train_cli_fsr_moments_options(tmp_path):
     res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', '--fsr-moments=4:1',
                                                                         '--fsr-moments-patch=5'], tmp_path)
     assert res.returncode != 0 and 'smaller than the patch (--fsr-moments-patch=5)' in res.stderr
+
+
+def test_patch_covariance_report_splits_contrast_from_shape():
+    from bench.fsr_patch_covariance import covariance_report
+    torch.manual_seed(0)
+    real, real_b = torch.randn(20, 3, 8, 8).double(), torch.randn(20, 3, 8, 8).double()
+    rep = covariance_report(real, real_b, 2 * real)  # the same patches at twice the contrast
+    assert rep['trace_ratio'] == pytest.approx(4) and rep['gap_2'] == pytest.approx(3)
+    assert rep['gap_2_shape'] < 1e-12 and rep['floor_2'] > 0
+    np.testing.assert_allclose(rep['eig_fake'], 4 * rep['eig_real'])
