@@ -30,6 +30,7 @@ import torch
 import dnnlib
 from torch_utils import misc
 from torch_utils import persistence
+from training import hooks
 
 WEIGHTS_FORMAT = 'stylegan-toolkit-weights'
 WEIGHTS_VERSION = 1
@@ -102,11 +103,19 @@ def _check_network_dict(data, source_name):
     return data
 
 
+def _import_plugins():
+    """Import the configured plugin packages (plugins.txt, GAN_PLUGINS) once, so that the persistence import hooks
+    they register (e.g. rewriting an import in the source of their older pickles) apply to what is unpickled."""
+    hooks.register_configured_plugins()
+    hooks.plugin_packages()
+
+
 def load_network_pkl(f, force_fp16=False):
     """Load a network pickle from an open binary file. Returns a dict (G, D, G_ema, augment_pipe,
     training_set_kwargs, plus any extra keys the file holds). force_fp16: rebuild G, D, G_ema with
     num_fp16_res=4 and conv_clamp=256 (as NVIDIA's loader does)."""
     source_name = _source_name(f)
+    _import_plugins()
     data = _check_network_dict(_unpickle(f, source_name), source_name)
     if force_fp16:
         for key in ('G', 'D', 'G_ema'):

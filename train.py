@@ -40,20 +40,7 @@ from training import training_loop
 # TrainingPlugin or None; optionally update_training_options(c, options) and register_metrics(register_metric).
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def _registered_plugin_names():
-    names = []
-    path = os.path.join(REPO_ROOT, 'plugins.txt')
-    if os.path.isfile(path):
-        with open(path) as f:
-            names += [line.split('#')[0].strip() for line in f if line.split('#')[0].strip()]
-    names += [n.strip() for n in os.environ.get('GAN_PLUGINS', '').split(',') if n.strip()]
-    return names
-
-
-for _name in _registered_plugin_names():
-    hooks_lib.register_plugin_package(_name)
+hooks_lib.register_configured_plugins(os.path.join(REPO_ROOT, 'plugins.txt'))
 PLUGIN_MODULES = hooks_lib.plugin_packages()
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ See ../shared/docs/FSR.md for the model and the measurements.
 """
 import importlib.util as _importlib_util
 
+from . import pickle_compat  # noqa: F401  (registers the import hook for older snapshots)
 from .options import cli_options  # noqa: F401
 from .plugin import make_plugin, register_metrics, update_training_options  # noqa: F401
 

@@ -43,7 +43,10 @@ from torch_utils import persistence
 from torch_utils.ops import bias_act
 from torch_utils.ops import conv2d_resample
 
-from .wta import winner_take_all
+# Absolute, not relative: this file's source is embedded in network pickles and executed as a top-level module when
+# they are loaded (torch_utils.persistence), where a relative import has no package. pickle_compat rewrites the
+# relative import that pickles of older versions hold.
+from fsr_plugin.wta import winner_take_all
 
 HEAD_INITS = ('random', 'torgb', 'identity')
 TORGB_STYLES = ('unit', 'w_avg')

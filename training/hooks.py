@@ -2,8 +2,10 @@
 
 A plugin is an object derived from `TrainingPlugin` that overrides the hooks it needs; every hook has a do-nothing
 default, and with no plugin attached the loop behaves (and draws random numbers) exactly as without this module.
-The host never imports a plugin package: train.py finds plugins through `register_plugin_package` entries (a list of
-importable module names that provide `cli_options()` and `make_plugin(options)`), see `plugin_packages()`.
+The host never imports a plugin package by name: train.py and legacy.py find plugins through `register_plugin_package`
+entries (a list of importable module names that provide `cli_options()` and `make_plugin(options)`, filled from
+plugins.txt and GAN_PLUGINS by `register_configured_plugins`), see `plugin_packages()`. legacy.py imports them before
+it unpickles a network, so a plugin can register persistence import hooks for the pickles of its older versions.
 
 Hooks, in the order the loop calls them:
 
@@ -32,6 +34,7 @@ Hooks, in the order the loop calls them:
 
 import dataclasses
 import importlib
+import os
 
 import torch
 
@@ -185,6 +188,22 @@ def register_plugin_package(module_name):
     `update_training_options(c, options)` and `register_metrics(register_metric)`)."""
     if module_name not in _PLUGIN_PACKAGES:
         _PLUGIN_PACKAGES.append(module_name)
+
+
+PLUGINS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'plugins.txt')
+
+
+def register_configured_plugins(path=PLUGINS_FILE):
+    """Register the plugin packages named in `path` (plugins.txt: one module name per line, '#' starts a comment)
+    and in the GAN_PLUGINS environment variable (comma list). Returns the names, in that order."""
+    names = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            names += [line.split('#')[0].strip() for line in f if line.split('#')[0].strip()]
+    names += [n.strip() for n in os.environ.get('GAN_PLUGINS', '').split(',') if n.strip()]
+    for name in names:
+        register_plugin_package(name)
+    return names
 
 
 def plugin_packages():
