@@ -35,6 +35,7 @@ class FSRConfig:
     head_lr: float = 1.0                # learning-rate multiplier of the heads
     head_gain: bool = False             # every head learns one scalar gain of its atoms
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
+    top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
     swd_weight: object = 0.0            # patch sliced-Wasserstein loss weight: float (all levels) or {res: weight}
     swd_patch: int = 3                  # its patch size q
     swd_dirs: int = 64                  # its random directions per level and step
@@ -79,6 +80,7 @@ class FSRConfig:
             head_gain=bool(opts.get('fsr_head_gain', False)),
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             top_wta=int(opts.get('fsr_top_wta') or 0),
+            top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
             swd_weight=_parse_per_layer(opts.get('fsr_swd'), '--fsr-swd') or 0.0,
             swd_patch=int(opts.get('fsr_swd_patch') or 3),
             swd_dirs=int(opts.get('fsr_swd_dirs') or 64),
@@ -129,6 +131,10 @@ def cli_options():
         click.option('--fsr-top-wta', help='FSR: the top head paints only one channel per site, winners of a w x w '
                      'spatial suppression (w odd; 1 = channel selection only; 0 = off)', type=click.IntRange(min=0),
                      default=0, show_default=True),
+        click.option('--fsr-top-wta-jitter', help='FSR --fsr-top-wta: the suppression compares the winning values '
+                     'plus this many of their standard deviations of Gaussian noise, as the synthetic teacher does '
+                     '(more, and randomly placed, sites)', type=click.FloatRange(min=0), default=0.0,
+                     show_default=True),
         click.option('--fsr-swd', help='FSR: weight of the per-level patch sliced-Wasserstein generator loss between '
                      'the head images and the real pyramid: number or "res:w,res:w" (0 = off)', type=str,
                      default='0', show_default=True),

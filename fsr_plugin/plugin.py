@@ -73,7 +73,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.G, self.D = G, D
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
                                                init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta,
-                                               head_gain=cfg.head_gain)
+                                               head_gain=cfg.head_gain, top_wta_jitter=cfg.top_wta_jitter)
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -328,6 +328,9 @@ def update_training_options(c, options):
     fine_tuning = c.get('resume_pkl') is not None
     if cfg.top_wta % 2 == 0 and cfg.top_wta != 0:
         raise click.UsageError(f'--fsr-top-wta must be 0 (off) or odd (the suppression window), got {cfg.top_wta}')
+    if cfg.top_wta_jitter > 0 and cfg.top_wta < 3:
+        raise click.UsageError(f'--fsr-top-wta-jitter needs --fsr-top-wta >= 3 (a suppression window), got '
+                               f'--fsr-top-wta={cfg.top_wta}')
     _check_level_loss_options(cfg, c.training_set_kwargs.resolution)
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',

@@ -10,6 +10,10 @@ head paints its atoms:
   every site in the w x w neighbourhood around it (stride 1, same padding), so about one site per w x w window stays
   active.
 
+The teacher jitters its scores before the suppression; a smooth feature map has few local maxima (a learner's top
+level kept 0.16-0.36 sites per 3x3 neighbourhood where the teacher has 0.91), so `jitter` adds the same kind of
+noise to the learner's winning values for the suppression only.
+
 The kept entries pass through unchanged; all others become 0. The selection is a constant mask in the backward
 pass, so the gradient reaches the winners only (as in k-sparse autoencoders).
 """
@@ -20,23 +24,36 @@ import torch.nn.functional as F
 __all__ = ['winner_take_all', 'wta_mask']
 
 
-def wta_mask(s, window=1):
+def wta_mask(s, window=1, jitter=0.0, generator=None):
     """s [N, C, H, W] -> bool mask [N, C, H, W] of the entries that winner_take_all keeps (no gradient).
-    window: 1 = channel selection only; odd w > 1 = also w x w spatial non-maximum suppression."""
+    window: 1 = channel selection only; odd w > 1 = also w x w spatial non-maximum suppression.
+    jitter >= 0 (window > 1): the suppression compares the winning values plus jitter x (their standard deviation in
+    the image) x N(0, 1) noise drawn per site from `generator` (None: the global generator of s's device), as the
+    synthetic teacher jitters its top-level scores; the kept values themselves are not jittered."""
     if s.ndim != 4:
         raise ValueError(f'winner_take_all: features must be [N, C, H, W], got {list(s.shape)}')
     window = int(window)
     if window < 1 or window % 2 == 0:
         raise ValueError(f'winner_take_all: window must be an odd integer >= 1, got {window}')
+    jitter = float(jitter)
+    if jitter < 0 or (jitter > 0 and window == 1):
+        raise ValueError(f'winner_take_all: jitter must be >= 0 and needs a window > 1, got jitter={jitter} with '
+                         f'window={window}')
     with torch.no_grad():
         best = s.amax(dim=1, keepdim=True)                                   # [N, 1, H, W]
         mask = (s == best) & (best > 0)
         if window > 1:
-            local = F.max_pool2d(best, kernel_size=window, stride=1, padding=window // 2)
-            mask = mask & (best >= local)
+            score = best
+            if jitter > 0:
+                spread = best.flatten(1).std(dim=1).reshape(-1, 1, 1, 1)
+                noise = torch.randn(best.shape, generator=generator, device=best.device, dtype=best.dtype)
+                score = best + jitter * spread * noise
+            local = F.max_pool2d(score, kernel_size=window, stride=1, padding=window // 2)
+            mask = mask & (score >= local)
     return mask
 
 
-def winner_take_all(s, window=1):
-    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window) set to 0 (same dtype and shape)."""
-    return s * wta_mask(s, window).to(s.dtype)
+def winner_take_all(s, window=1, jitter=0.0, generator=None):
+    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator) set to 0 (same dtype and
+    shape)."""
+    return s * wta_mask(s, window, jitter, generator).to(s.dtype)

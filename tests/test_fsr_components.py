@@ -315,6 +315,39 @@ def test_winner_take_all_gradient_reaches_winners_only():
         wta.winner_take_all(b[0], 1)
 
 
+def test_winner_take_all_jitter_matches_loops_on_the_jittered_scores():
+    """With jitter the suppression runs on best + jitter * std(best per image) * noise; the kept values are the
+    unjittered winners. Reproduced with the same generator and the loops above."""
+    torch.manual_seed(0)
+    a = torch.rand([2, 4, 9, 8], dtype=torch.float64)
+    got = wta.winner_take_all(a, 3, jitter=0.7, generator=torch.Generator().manual_seed(5))
+    best = a.amax(dim=1, keepdim=True)
+    noise = torch.randn(best.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    score = best + 0.7 * best.flatten(1).std(dim=1).reshape(-1, 1, 1, 1) * noise
+    winners = (a == best).double()
+    # _np_wta on a tensor whose channel maximum is the jittered score at the winning channel.
+    surrogate = winners * score + (1 - winners) * (score - 10)
+    keep = _np_wta((surrogate + 100).numpy(), 3) != 0
+    np.testing.assert_array_equal(got.numpy(), np.where(keep, a.numpy(), 0))
+    assert torch.equal(got, wta.winner_take_all(a, 3, jitter=0.7, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(wta.winner_take_all(a, 3, jitter=0.0), wta.winner_take_all(a, 3))
+    with pytest.raises(ValueError, match='jitter'):
+        wta.winner_take_all(a, 1, jitter=0.5)
+    with pytest.raises(ValueError, match='jitter'):
+        wta.winner_take_all(a, 3, jitter=-1)
+
+
+def test_winner_take_all_jitter_adds_sites_to_a_smooth_map():
+    """A smooth feature map has few local maxima; jitter brings the density towards one site per 3x3 window."""
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing='ij')
+    smooth = (2 + torch.sin(y / 5) * torch.cos(x / 4)).expand(8, 1, 32, 32).contiguous()
+    def sites_per_window(jitter):
+        kept = wta.winner_take_all(smooth, 3, jitter=jitter, generator=torch.Generator().manual_seed(0))
+        return 9 * float((kept > 0).double().mean())
+    assert sites_per_window(0.0) < 0.2
+    assert 0.6 < sites_per_window(3.0) < 1.3
+
+
 def test_top_wta_head_paints_one_atom_per_winner_and_survives_pickle():
     heads = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3, top_wta=3)
     assert heads.head(8).wta == 3 and heads.head(4).wta == 0
@@ -329,6 +362,20 @@ def test_top_wta_head_paints_one_atom_per_winner_and_survives_pickle():
     torch.testing.assert_close(clone(feats)[8], out[8], rtol=0, atol=0)
     with pytest.raises(ValueError, match='wta'):
         heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta=2)
+    jittered = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3, top_wta=3, top_wta_jitter=0.5)
+    jittered.load_state_dict(heads.state_dict())
+    assert jittered.head(8).wta_jitter == 0.5 and jittered.head(4).wta_jitter == 0
+    torch.manual_seed(1)
+    first = jittered(feats)[8]
+    torch.manual_seed(1)
+    torch.testing.assert_close(jittered(feats)[8], first, rtol=0, atol=0)  # the draw follows the global generator
+    torch.manual_seed(1)
+    expected = plain({8: wta.winner_take_all(feats[8], 3, jitter=0.5)})[8]
+    torch.testing.assert_close(first, expected)
+    assert not torch.equal(first, out[8])
+    assert pickle.loads(pickle.dumps(jittered)).head(8).wta_jitter == 0.5
+    with pytest.raises(ValueError, match='wta_jitter'):
+        heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta=1, top_wta_jitter=0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
