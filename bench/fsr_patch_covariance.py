@@ -6,7 +6,13 @@ beside its floor (two disjoint real samples), the trace ratio trace(C_fake) / tr
 gap after the fakes' covariance is rescaled to the reals' trace (shape alone), and the top eigenvalues of both
 covariances (a smooth sample puts its variance in a few directions; a white one spreads it evenly).
 
+--fit-steps N asks whether the snapshot's architecture can reach the reals' patch moments at --fit-levels: it trains
+the synthesis network and heads of G_ema on the `--fsr-moments` loss alone (Adam, lr 2e-3, batches of 32 from 2048
+real images), optionally plus --fit-adv times the non-saturating loss against the snapshot's (frozen) D, and prints
+the loss terms every 50 steps.
+
     python bench/fsr_patch_covariance.py runs/.../network-snapshot-000040.pkl --num=300 --raw=1
+    python bench/fsr_patch_covariance.py runs/.../network-snapshot-000012.pkl --fit-steps=200 --fit-levels=16
 """
 import os
 import sys
@@ -19,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import legacy  # noqa: E402
 from fsr_plugin import diagnostics  # noqa: E402
+from fsr_plugin import patch_moment_loss  # noqa: E402
 from fsr_plugin import snapshot_eval as se  # noqa: E402
 
 
@@ -42,13 +49,60 @@ def _print(tag, reports):
               f'{np.array2string(rep["eig_real"], precision=3)} fake {np.array2string(rep["eig_fake"], precision=3)}')
 
 
+def fit_moments(snapshot, levels, steps, adv=0.0, lr=2e-3, batch=32, num_real=2048, seed=0):
+    """Train G_ema's synthesis network and the EMA heads of `snapshot` on the patch-moment loss at `levels` (plus
+    adv x softplus(-D(G image)) with the snapshot's D frozen). Returns [(step, {r: (mean term, cov term)})]."""
+    data = legacy.load_network(snapshot)
+    heads = data.get('extra_modules_ema', {}).get('fsr.heads')
+    if heads is None:
+        raise click.UsageError(f'{snapshot} has no FSR heads (extra_modules_ema["fsr.heads"])')
+    G, D = data['G_ema'].train(), data['D'].eval().requires_grad_(False)
+    heads.train()
+    opts = se.read_training_options(os.path.dirname(snapshot))
+    real = se.real_pyramid_images(opts['training_set_kwargs'], heads.resolutions, num_real, seed=5)
+    G.requires_grad_(False)
+    params = list(G.synthesis.parameters()) + list(heads.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.zeros([batch, G.c_dim])
+    history = []
+    for step in range(steps + 1):
+        z = torch.randn([batch, G.z_dim], generator=gen)
+        idx = torch.randint(0, num_real, [batch], generator=gen)
+        img, feats = G.synthesis(G.mapping(z, c), return_features=True, force_fp32=True)
+        fake = heads({r: f.float() for r, f in feats.items()}, img=img)
+        out = patch_moment_loss.level_moment_losses(fake, {r: x[idx] for r, x in real.items()},
+                                                    {r: 1.0 for r in levels})
+        loss = sum(v[0] for v in out.values())
+        if adv:
+            loss = loss + adv * torch.nn.functional.softplus(-D(img, c)).mean()
+        if step % 50 == 0:
+            history.append((step, {r: (float(v[1]), float(v[2])) for r, v in out.items()}))
+            print(f'step {step:4d}  ' + '  '.join(f'r{r}: mean {m:.3f} cov {cv:.3f}'
+                                                  for r, (m, cv) in history[-1][1].items()), flush=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return history
+
+
 @click.command()
 @click.argument('snapshot')
 @click.option('--num', help='Images per sample', type=click.IntRange(min=2), default=300, show_default=True)
 @click.option('--raw', help='Also the training copies of G and the heads', type=bool, default=False)
 @click.option('--threads', type=click.IntRange(min=1), default=1, show_default=True)
-def main(snapshot, num, raw, threads):
+@click.option('--fit-steps', help='Instead: fit G_ema and the heads to the patch moments for this many steps',
+              type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--fit-levels', help='Levels of the fit (comma list)', default='16', show_default=True)
+@click.option('--fit-adv', help='Weight of the adversarial term against the frozen D in the fit', type=float,
+              default=0.0, show_default=True)
+def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv):
     torch.set_num_threads(threads)
+    if fit_steps:
+        fit_moments(snapshot, [int(r) for r in fit_levels.split(',')], fit_steps, adv=fit_adv)
+        return
     snap = se.Snapshot(snapshot)
     opts = se.read_training_options(os.path.dirname(snapshot))
     real = se.real_pyramid_images(opts['training_set_kwargs'], snap.resolutions, 2 * num, seed=1)
