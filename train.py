@@ -178,6 +178,8 @@ def setup_training_options(opts):
     args.D_kwargs.epilogue_kwargs.mbstd_group_size = opts.mbstd_group if opts.mbstd_group is not None else spec.mbstd
     if opts.d_arch is not None:
         args.D_kwargs.architecture = opts.d_arch
+    if opts.g_arch is not None:
+        args.G_kwargs.synthesis_kwargs.architecture = opts.g_arch
     if opts.sn:
         args.D_kwargs.spectral_norm = True
     if not opts.g_noise:
@@ -482,6 +484,8 @@ def _plugin_options(f):
 @click.option('--map-depth', help='Mapping network depth', type=int)
 @click.option('--mbstd-group', help='Minibatch std group size', type=int)
 @click.option('--d-arch', help='Discriminator architecture', type=click.Choice(['orig', 'skip', 'resnet']))
+@click.option('--g-arch', help='Generator architecture (skip: the image sums every block\'s ToRGB, the default; orig: '
+              'only the last block paints it)', type=click.Choice(['orig', 'skip', 'resnet']))
 @click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
 @click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
               default=True, show_default=True)

@@ -492,6 +492,10 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     res = run_train(['--outdir', str(tmp_path), '-n', '--g-noise=0'] + TINY, tmp_path)
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
     assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['use_noise'] is False
+    assert 'architecture' not in opts['G_kwargs']['synthesis_kwargs']  # default: the networks' own (skip)
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-arch=orig'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['architecture'] == 'orig'
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
     assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)
