@@ -6,6 +6,9 @@ beside its floor (two disjoint real samples), the trace ratio trace(C_fake) / tr
 gap after the fakes' covariance is rescaled to the reals' trace (shape alone), and the top eigenvalues of both
 covariances (a smooth sample puts its variance in a few directions; a white one spreads it evenly).
 
+For a top head with winner-take-all (`--fsr-top-wta`), it also prints the head's site density: sites per 3x3
+neighbourhood, as `FSRTeacher.measured_density` counts them, beside the teacher's when the data is fsr-synthetic.
+
 --fit-steps N asks whether the snapshot's architecture can reach the reals' patch moments at --fit-levels: it trains
 the synthesis network and heads of G_ema on the `--fsr-moments` loss alone (Adam, lr 2e-3, batches of 32 from 2048
 real images), optionally plus --fit-adv times the non-saturating loss against the snapshot's (frozen) D, and prints
@@ -23,9 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import dnnlib  # noqa: E402
 import legacy  # noqa: E402
 from fsr_plugin import diagnostics  # noqa: E402
 from fsr_plugin import patch_moment_loss  # noqa: E402
+from fsr_plugin.wta import wta_mask  # noqa: E402
 from fsr_plugin import snapshot_eval as se  # noqa: E402
 
 
@@ -47,6 +52,31 @@ def _print(tag, reports):
         print(f'{tag:5s} r={r:3d}  gap_2 {rep["gap_2"]:.3f} (floor {rep["floor_2"]:.4f})  trace fake/real '
               f'{rep["trace_ratio"]:.3f}  gap_2 at equal trace {rep["gap_2_shape"]:.3f}  top eigenvalues real '
               f'{np.array2string(rep["eig_real"], precision=3)} fake {np.array2string(rep["eig_fake"], precision=3)}')
+
+
+def top_sites_per_3x3(snap, num, seed=0):
+    """Mean number of winner-take-all sites per 3x3 neighbourhood (9 x the fraction of sites) of the top head of
+    snapshot `snap` (snapshot_eval.Snapshot) over `num` samples (z seed `seed`, constant noise, the head's jitter
+    drawn from a generator seeded with seed + 1); None when the top head has no winner-take-all."""
+    head = snap.heads.head(snap.heads.resolutions[-1])
+    if not getattr(head, 'wta', 0):
+        return None
+    G = snap.G
+    z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed))
+    ws = G.mapping(z, torch.zeros([num, G.c_dim]))
+    _, feats = G.synthesis(ws, return_features=True, noise_mode='const', force_fp32=True)
+    mask = wta_mask(feats[snap.heads.resolutions[-1]].float(), head.wta, getattr(head, 'wta_jitter', 0.0),
+                    torch.Generator().manual_seed(seed + 1))
+    return 9 * float(mask.any(dim=1).double().mean())
+
+
+def teacher_sites_per_3x3(dataset_kwargs):
+    """The synthetic teacher's sites per 3x3 neighbourhood, or None when the data is not fsr-synthetic."""
+    dataset = dnnlib.util.construct_class_by_name(**dict(dataset_kwargs))
+    teacher = getattr(dataset, 'teacher', None)
+    if teacher is None:
+        return None
+    return teacher.measured_density()[teacher.resolution]['sites_per_3x3']
 
 
 def fit_moments(snapshot, levels, steps, adv=0.0, lr=2e-3, batch=32, num_real=2048, seed=0):
@@ -120,6 +150,12 @@ def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv):
             snap.G, snap.heads = parts
         fake = se.pyramid_images(snap, num, seed=0)
         _print(tag, {r: covariance_report(real_a[r], real_b[r], fake[r]) for r in sorted(fake) if r >= 3})
+        with torch.no_grad():
+            sites = top_sites_per_3x3(snap, min(num, 64))
+        if sites is not None:
+            teacher = teacher_sites_per_3x3(opts['training_set_kwargs'])
+            print(f'{tag:5s} top head: {sites:.2f} winner-take-all sites per 3x3 neighbourhood' +
+                  (f' (teacher: {teacher:.2f})' if teacher is not None else ''))
 
 
 if __name__ == '__main__':
