@@ -18,7 +18,7 @@ gradient is unbiased for the real distribution, and a resumed run needs nothing 
 
 import torch
 
-from .patch_swd import pair_images, patch_rows
+from .patch_swd import level_patch_rows
 
 __all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses']
 
@@ -55,15 +55,10 @@ def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs
     so the cross-moments of a patch and its low-resolution context, the super-resolution step, are matched too.
     The reals carry no gradient. Levels smaller than the patch are skipped.
     Returns {r: (weighted loss, unweighted mean term, unweighted covariance term)}."""
+    if int(patch_size) < 1:
+        raise ValueError(f'level_moment_losses: patch_size must be >= 1, got {patch_size}')
     out = {}
-    for r, x_fake in fake_pyramid.items():
-        w = float(weights.get(r, 0.0))
-        if w <= 0 or r not in real_pyramid or r < patch_size:
-            continue
-        x_real = real_pyramid[r]
-        if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
-            x_fake, x_real = pair_images(fake_pyramid, r), pair_images(real_pyramid, r)
-        x_real = x_real.detach().to(x_fake.dtype)
-        mean_term, cov_term = moment_matching_loss(patch_rows(x_fake, patch_size), patch_rows(x_real, patch_size))
+    for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size, pairs):
+        mean_term, cov_term = moment_matching_loss(rows_fake, rows_real)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
     return out

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .pair_disc import upsample2x
 
-__all__ = ['patch_rows', 'sliced_wasserstein_loss', 'random_directions', 'pair_images', 'level_swd_losses']
+__all__ = ['patch_rows', 'sliced_wasserstein_loss', 'random_directions', 'pair_images', 'level_patch_rows',
+           'level_swd_losses']
 
 
 def patch_rows(x, q):
@@ -74,6 +75,23 @@ def pair_images(pyramid, r):
     return torch.cat([upsample2x(lo, 'nearest'), pyramid[r]], dim=1)
 
 
+def level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size=3, pairs=False):
+    """Yield (r, weight, fake rows [P, D], real rows [Q, D]) for every level r of fake_pyramid with weights[r] > 0
+    that real_pyramid also has and that holds a patch: the q x q patches (`patch_rows`; q = patch_size, or r for
+    patch_size=0, one patch per image) of level r, or with pairs=True of `pair_images` (level r/2 upsampled beside
+    level r) where both pyramids have r/2. The real rows are detached and cast to the fakes' dtype."""
+    for r, x_fake in fake_pyramid.items():
+        w = float(weights.get(r, 0.0))
+        q = patch_size if patch_size > 0 else r
+        if w <= 0 or r not in real_pyramid or r < q:
+            continue
+        x_real = real_pyramid[r]
+        if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
+            x_fake, x_real = pair_images(fake_pyramid, r), pair_images(real_pyramid, r)
+        x_real = x_real.detach().to(x_fake.dtype)
+        yield r, w, patch_rows(x_fake, q), patch_rows(x_real, q)
+
+
 def level_swd_losses(fake_pyramid, real_pyramid, weights, patch_size=3, num_dirs=64, seed=0, relative=True,
                      pairs=False):
     """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): the weighted patch loss
@@ -86,17 +104,8 @@ def level_swd_losses(fake_pyramid, real_pyramid, weights, patch_size=3, num_dirs
     pixels can be matched by one varied image). Levels smaller than the patch are skipped. Returns {r: (weighted
     loss, unweighted loss)}; the directions depend on (seed, r) only."""
     out = {}
-    for r, x_fake in fake_pyramid.items():
-        w = float(weights.get(r, 0.0))
-        q = patch_size if patch_size > 0 else r
-        if w <= 0 or r not in real_pyramid or r < q:
-            continue
-        x_real = real_pyramid[r]
-        if pairs and r // 2 in fake_pyramid and r // 2 in real_pyramid:
-            x_fake, x_real = pair_images(fake_pyramid, r), pair_images(real_pyramid, r)
-        x_real = x_real.detach().to(x_fake.dtype)
-        rows_fake, rows_real = patch_rows(x_fake, q), patch_rows(x_real, q)
-        dirs = random_directions(rows_fake.shape[1], num_dirs, seed=seed * 1009 + r, device=x_fake.device)
+    for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size, pairs):
+        dirs = random_directions(rows_fake.shape[1], num_dirs, seed=seed * 1009 + r, device=rows_fake.device)
         value = sliced_wasserstein_loss(rows_fake, rows_real, dirs, seed=seed, relative=relative)
         out[r] = (w * value, value.detach())
     return out
