@@ -11,7 +11,7 @@ head paints its atoms:
   active.
 
 The teacher jitters its scores before the suppression; a smooth feature map has few local maxima (a learner's top
-level kept 0.16-0.36 sites per 3x3 neighbourhood where the teacher has 0.91), so `jitter` adds the same kind of
+level kept 0.05-0.36 sites per 3x3 neighbourhood where the teacher has 0.90), so `jitter` adds the same kind of
 noise to the learner's winning values for the suppression only.
 
 The kept entries pass through unchanged; all others become 0. The selection is a constant mask in the backward
