@@ -104,8 +104,9 @@ def _check_network_dict(data, source_name):
 
 
 def _import_plugins():
-    """Import the configured plugin packages (plugins.txt, GAN_PLUGINS) once, so that the persistence import hooks
-    they register (e.g. rewriting an import in the source of their older pickles) apply to what is unpickled."""
+    """Import the configured plugin packages (plugins.txt, GAN_PLUGINS; Python imports each once, later calls only
+    re-read the list), so that the persistence import hooks they register (e.g. rewriting an import in the source of
+    their older pickles) apply to what is unpickled."""
     hooks.register_configured_plugins()
     hooks.plugin_packages()
 

@@ -39,8 +39,7 @@ from training import training_loop
 # Each provides cli_options() -> list of click options and make_plugin(options: dict, training_options) ->
 # TrainingPlugin or None; optionally update_training_options(c, options) and register_metrics(register_metric).
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
-hooks_lib.register_configured_plugins(os.path.join(REPO_ROOT, 'plugins.txt'))
+hooks_lib.register_configured_plugins()  # plugins.txt next to this file, and $GAN_PLUGINS
 PLUGIN_MODULES = hooks_lib.plugin_packages()
 
 # ----------------------------------------------------------------------------------------------------------------------
