@@ -45,6 +45,7 @@ class FSRConfig:
     moments_patch: int = 3              # its patch size q
     moments_pairs: bool = False         # its patches also hold the level below
     pyramid_filter: str = 'box'         # box | fir
+    main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
     sparsity: str = 'l1'                # none | l1 | hoyer | topk
     sparsity_weight: object = 0.0       # float (all layers) or {res: weight}
@@ -90,6 +91,7 @@ class FSRConfig:
             moments_patch=int(opts.get('fsr_moments_patch') or 3),
             moments_pairs=bool(opts.get('fsr_moments_pairs', False)),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
+            main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
             sparsity=opts.get('fsr_sparsity') or 'l1',
             sparsity_weight=_parse_per_layer(opts.get('fsr_sparsity_weight'), '--fsr-sparsity-weight') or 0.0,
@@ -158,6 +160,10 @@ def cli_options():
                      'under it (matches the cross-moments of the super-resolution step)', type=bool, default=False),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
+        click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '
+                     'own (ToRGB) image; head = the top output head\'s image, so G is trained through its heads only '
+                     '(G\'s ToRGB layers then get no gradient: look at such a run with generate.py --pyramid and the '
+                     'fsr_* metrics)', type=click.Choice(['host', 'head']), default='host', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,
                      default=False),
         click.option('--fsr-sparsity', help='FSR hierarchical-sparsity penalty',

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from torch_utils import misc
 from torch_utils import training_stats
+from torch_utils.ops import upfirdn2d
 from training import hooks as hooks_lib
 from training import networks
 
@@ -61,6 +62,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_image_weights = {}
         self.moment_weights = {}
         self._real_cache = (None, None, None)
+        self._fake_cache = []  # --fsr-main-d=head: [(features dict of a generator pass, its head pyramid)], last 2
         self.G = None
         self.D = None
         self._heads_as_built = None   # CPU copies of the heads' tensors at construction, until _finish_head_init.
@@ -133,6 +135,37 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def has_d_regularisers(self):
         return self.pairs is not None and self.pair_r1 > 0
 
+    def replaces_generator_image(self):
+        return self.cfg.main_d == 'head'
+
+    def generator_image(self, img, features, fade_alpha):
+        """--fsr-main-d=head: the top head's image X_R [N, C, R, R] float32 of this pass (R = img's resolution, the
+        current stage's while growing), faded in from the head image below (upsampled with the synthesis filter) as
+        the host fades its own images. The pass's pyramid is kept for the loss terms of the same pass."""
+        if self.cfg.main_d != 'head':
+            return None
+        pyr = self.heads({r: f.float() for r, f in features.items()}, img=img)
+        # Two entries: the G main phase runs a second pass (the host's diversity term) before its loss terms.
+        self._fake_cache = self._fake_cache[-1:] + [(features, pyr)]
+        r = img.shape[-1]
+        x = pyr[r]
+        if fade_alpha < 1 and r // 2 in pyr:
+            low = upfirdn2d.upsample2d(pyr[r // 2], self.G.synthesis.b4.resample_filter)
+            x = torch.lerp(low, x, float(fade_alpha))
+        return x
+
+    def _fake_pyramid(self, feats, ctx):
+        """The head pyramid {r: X_r} of the generator pass in ctx: the one `generator_image` built for it, else
+        computed here from feats (float32 features) and the pass's image."""
+        for i, (cached_feats, pyr) in enumerate(self._fake_cache):
+            if cached_feats is ctx.get('gen_features'):
+                del self._fake_cache[i]
+                return pyr
+        if self.cfg.main_d == 'head' and self.heads.residual_final:
+            raise RuntimeError('FSR --fsr-main-d=head: no head pyramid was kept for this generator pass, and the '
+                               'residual top head needs the generator\'s own image')
+        return self.heads(feats, img=ctx['gen_img'])
+
     def param_lr_multipliers(self, side, module, modules, stage):
         if side == 'G':
             self._finish_head_init(module)
@@ -174,7 +207,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                 # One float32 copy of the (possibly reduced-precision) features serves the heads and the sparsity
                 # penalty (both work in float32); float32 features pass through as they are.
                 feats = {r: f.float() for r, f in feats.items()}
-                fake_pyr = self.heads(feats, img=ctx['gen_img'])
+                fake_pyr = self._fake_pyramid(feats, ctx)
             if where == 'G':
                 if self.sparsity is not None:
                     penalties, report = self.sparsity(feats)
@@ -332,6 +365,9 @@ def update_training_options(c, options):
         raise click.UsageError(f'--fsr-top-wta-jitter needs --fsr-top-wta >= 3 (a suppression window), got '
                                f'--fsr-top-wta={cfg.top_wta}')
     _check_level_loss_options(cfg, c.training_set_kwargs.resolution)
+    if cfg.main_d == 'head':
+        print('FSR --fsr-main-d=head: the main discriminator judges the top head\'s image; the generator\'s own '
+              '(ToRGB) image is not trained. Look at this run with generate.py --pyramid and the fsr_* metrics.')
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))

@@ -115,3 +115,96 @@ def test_fsr_flags_are_registered_through_the_plugin_list():
                           '--help'], capture_output=True, text=True)
     assert '--fsr-sparsity-weight' in out.stdout and '--fsr-policy' in out.stdout
     assert hasattr(fsr_plugin, 'cli_options') and hasattr(fsr_plugin, 'make_plugin')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --fsr-main-d=head: the main discriminator judges the top head's image.
+
+class _RecordingD(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, img, c):
+        self.seen.append(img.detach().clone())
+        return self.scale * img.mean([1, 2, 3]).unsqueeze(1)
+
+
+def _head_mode_setup(**cfg_kw):
+    from training import loss as loss_lib
+    from training import networks
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8, use_noise=False))
+    D = _RecordingD()
+    cfg = FSRConfig.from_options(fsr_options(fsr_main_d='head', fsr_head_kernel=3, **cfg_kw))
+    plugin = FSRPlugin(cfg, r1_gamma=1.0)
+    plugin.extra_modules(G, D, None, 'cpu')
+    loss = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=1.0, hooks=hooks_lib_manager([plugin]),
+                                  div_weight=1 if cfg.head_init == 'identity' else 0, div_batch=2)
+    return G, D, plugin, loss
+
+
+def hooks_lib_manager(plugins):
+    from training import hooks as hooks_lib
+    return hooks_lib.HookManager(plugins)
+
+
+def test_main_d_head_judges_the_top_head_image_and_trains_g_through_the_heads():
+    G, D, plugin, loss = _head_mode_setup()
+    assert plugin.replaces_generator_image()
+    z, c = torch.randn([4, 8]), torch.zeros([4, 0])
+    loss.accumulate_gradients('Gmain', torch.rand([4, 3, 16, 16]) * 2 - 1, c, z, c, gain=1, cur_nimg=0)
+    ws = G.mapping(z, c)
+    _, feats = G.synthesis(ws, return_features=True)
+    expected = plugin.heads({r: f.float() for r, f in feats.items()})[16]
+    torch.testing.assert_close(D.seen[-1], expected.detach())
+    # G learns through its heads: the head of the top level, the hidden layers, not the unused ToRGB.
+    assert plugin.heads.h16.weight.grad is not None and G.synthesis.b16.conv1.weight.grad is not None
+    assert G.synthesis.b16.torgb.weight.grad is None
+    # The D phase judges it too and the pair terms see the same pass (no error, finite loss).
+    loss.accumulate_gradients('Dmain', torch.rand([4, 3, 16, 16]) * 2 - 1, c, z, c, gain=1, cur_nimg=0)
+    assert D.seen[-2].shape == (4, 3, 16, 16) and torch.isfinite(D.scale.grad)
+    # While growing, the image fades in from the head below, as the host fades its own images.
+    from torch_utils.ops import upfirdn2d
+    pyr = plugin.heads({r: f.float() for r, f in feats.items() if r <= 8})
+    faded = plugin.generator_image(torch.zeros([4, 3, 8, 8]), {r: f for r, f in feats.items() if r <= 8}, 0.25)
+    low = upfirdn2d.upsample2d(pyr[4], G.synthesis.b4.resample_filter)
+    torch.testing.assert_close(faded, 0.75 * low + 0.25 * pyr[8])
+
+
+def test_main_d_head_with_residual_top_head_starts_at_the_generator_image():
+    # identity init: X_16 = G's image + conv (conv starts at 0), so D first sees G's own image. The G phase with the
+    # host's diversity term runs a second pass before the loss terms; the kept pyramid of the first pass serves them
+    # (recomputing it from the replaced image would add the image twice).
+    G, D, plugin, loss = _head_mode_setup(fsr_head_init='identity')
+    plugin._finish_head_init(G)
+    z, c = torch.randn([4, 8]), torch.zeros([4, 0])
+    img, ws, _ = loss.run_G(z, c)
+    torch.testing.assert_close(img, G.synthesis(ws))
+    loss.accumulate_gradients('Gmain', torch.rand([4, 3, 16, 16]) * 2 - 1, c, z, c, gain=1, cur_nimg=0)
+    assert plugin._fake_cache == [] or all(f is not None for f, _ in plugin._fake_cache)
+    with pytest.raises(RuntimeError, match='no head pyramid was kept'):
+        plugin._fake_pyramid({}, dict(gen_features={}, gen_img=img))
+
+
+def test_main_d_head_training_run_and_cli(tmp_path, one_thread):
+    class Recording(FSRPlugin):
+        def extra_modules(self, G, D, training_set, device):
+            self.G_init = {n: p.detach().clone() for n, p in G.named_parameters()}
+            return super().extra_modules(G, D, training_set, device)
+
+    cfg = FSRConfig.from_options(fsr_options(fsr_main_d='head'))
+    plugin = Recording(cfg, r1_gamma=1.0)
+    out = training_loop.training_loop(**loop_kwargs(tmp_path, 0.064, plugins=[plugin]))
+    trained = dict(out['G'].named_parameters())
+    # The ToRGB layers were never stepped (they feed nothing D or the FSR terms see); every hidden layer was.
+    torgb = [n for n in trained if '.torgb.' in n]
+    assert torgb and all(torch.equal(trained[n], plugin.G_init[n]) for n in torgb)
+    assert not torch.equal(trained['synthesis.b16.conv1.weight'], plugin.G_init['synthesis.b16.conv1.weight'])
+    res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-main-d=head'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'the main discriminator judges the top head' in res.stdout
+    assert '"fsr_main_d": "head"' in res.stdout

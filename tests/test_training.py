@@ -270,6 +270,83 @@ def test_fade_in_blends_the_previous_stage_image_of_the_same_pass():
         G.synthesis(ws, max_res=4, return_prev_img=True)
 
 
+class FeatureImagePlugin(hooks_lib.TrainingPlugin):
+    """Replaces the image D judges with the channel mean of the top features (3 copies), and records fade_alpha."""
+    name = 'featimg'
+
+    def __init__(self, give=True):
+        self.give = give
+        self.alphas = []
+
+    def replaces_generator_image(self):
+        return True
+
+    def generator_image(self, img, features, fade_alpha):
+        self.alphas.append(fade_alpha)
+        if not self.give:
+            return None
+        x = features[img.shape[-1]].float().mean(1, keepdim=True)
+        return x.expand(-1, img.shape[1], -1, -1)
+
+
+class RecordingD(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, img, c):
+        self.seen.append(img.detach().clone())
+        return self.scale * img.mean([1, 2, 3]).unsqueeze(1)
+
+
+def test_plugin_generator_image_is_what_d_judges_in_every_phase():
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8, use_noise=False))
+    D = RecordingD()
+    plugin = FeatureImagePlugin()
+    loss = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=0, hooks=hooks_lib.HookManager([plugin]))
+    z, c = torch.randn([4, 8]), torch.zeros([4, 0])
+    img, ws, feats = loss.run_G(z, c)
+    assert feats is None  # features are fetched for the hook, but returned only when asked for
+    _, expected_feats = G.synthesis(ws, return_features=True)
+    expected = expected_feats[16].mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(img, expected)
+    # G main phase: D judges the replacement; G's ToRGB layers, which do not feed it, get no gradient.
+    loss.accumulate_gradients('Gmain', torch.randn([4, 3, 16, 16]), c, z, c, gain=1, cur_nimg=0)
+    torch.testing.assert_close(D.seen[-1], expected)
+    assert G.synthesis.b16.torgb.weight.grad is None and G.synthesis.b16.conv1.weight.grad is not None
+    # D main phase judges it too, and a growing stage passes its fade-in to the plugin.
+    loss.resolution, loss.fade_alpha = 8, 0.25
+    loss.accumulate_gradients('Dmain', torch.randn([4, 3, 8, 8]), c, z, c, gain=1, cur_nimg=0)
+    assert D.seen[-2].shape == (4, 3, 8, 8) and plugin.alphas[-1] == 0.25
+    # A plugin that gives None leaves the host image (faded in as usual).
+    loss_none = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=0, hooks=hooks_lib.HookManager([FeatureImagePlugin(
+        give=False)]))
+    torch.testing.assert_close(loss_none.run_G(z, c)[0], G.synthesis(ws))
+
+
+def test_generator_image_hook_refuses_two_replacements_and_wrong_shapes():
+    class Two(FeatureImagePlugin):
+        name = 'two'
+
+    class Wrong(FeatureImagePlugin):
+        name = 'wrong'
+
+        def generator_image(self, img, features, fade_alpha):
+            return img[:, :1]
+
+    img, feats = torch.zeros([2, 3, 4, 4]), {4: torch.ones([2, 5, 4, 4])}
+    with pytest.raises(RuntimeError, match='another plugin already replaced'):
+        hooks_lib.HookManager([FeatureImagePlugin(), Two()]).generator_image(img, feats, 1.0)
+    with pytest.raises(ValueError, match=r'must have shape \[2, 3, 4, 4\]'):
+        hooks_lib.HookManager([Wrong()]).generator_image(img, feats, 1.0)
+    assert not hooks_lib.HookManager([CountingPlugin()]).replaces_generator_image()
+    assert hooks_lib.HookManager([CountingPlugin()]).generator_image(img, feats, 1.0) is img
+
+
 def test_discriminator_accepts_lower_resolution_only_with_skip():
     D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, architecture='skip', channel_base=128,
                                channel_max=16)

@@ -21,6 +21,12 @@ Hooks, in the order the loop calls them:
   a multiplier must be the same for all parameters of one block; parameters not named get 1.
 * `wants_generator_features()`: True if loss terms need G's per-resolution hidden features (the loop then asks the
   synthesis network for them once per generator pass; no second pass).
+* `replaces_generator_image()` / `generator_image(img, features, fade_alpha)` -> tensor or None: a plugin may give
+  the main discriminator another image to judge than the synthesis network's own img [N, C, R, R], computed from the
+  same pass's hidden features {r: S_r}. Asked on every training generator pass (G main, path length, D main, the
+  WGAN-GP interpolates and the diversity term) when `replaces_generator_image()` is True; fade_alpha is the
+  progressive fade-in of the pass (1 = none), which the plugin applies itself. The replacement is the `gen_img` of
+  the loss-term context. At most one plugin may replace the image.
 * `loss_terms(where, ctx)` -> {name: tensor}: extra loss terms at 'G' (generator main phase), 'Dfake', 'Dreal' (D main
   phase) and 'Dreg' (D regularisation phase, every D_reg_interval). ctx holds the phase's tensors (real_img, real_c,
   gen_img, gen_ws, gen_features, gen_z, gen_c, cur_nimg, gain, loss). Each term is reported as Loss/<name> and its
@@ -70,6 +76,12 @@ class TrainingPlugin:
 
     def wants_generator_features(self):
         return False
+
+    def replaces_generator_image(self):
+        return False
+
+    def generator_image(self, img, features, fade_alpha):
+        return None
 
     def loss_terms(self, where, ctx):
         return {}
@@ -137,6 +149,26 @@ class HookManager:
 
     def wants_generator_features(self):
         return any(p.wants_generator_features() for p in self.plugins)
+
+    def replaces_generator_image(self):
+        return any(p.replaces_generator_image() for p in self.plugins)
+
+    def generator_image(self, img, features, fade_alpha):
+        """The image the main discriminator judges: the one plugin replacement, or img when no plugin gives one."""
+        out = None
+        for p in self.plugins:
+            if not p.replaces_generator_image():
+                continue
+            x = p.generator_image(img, features, fade_alpha)
+            if x is None:
+                continue
+            if out is not None:
+                raise RuntimeError(f'plugin {p.name}: another plugin already replaced the generator image')
+            if x.shape != img.shape:
+                raise ValueError(f'plugin {p.name}: generator_image must have shape {list(img.shape)}, '
+                                 f'got {list(x.shape)}')
+            out = x
+        return img if out is None else out
 
     def loss_terms(self, where, ctx):
         out = {}

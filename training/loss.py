@@ -95,9 +95,13 @@ class StyleGAN2Loss:
     def _wants_features(self):
         return self.hooks is not None and self.hooks.wants_generator_features()
 
+    def _replaces_image(self):
+        return self.hooks is not None and self.hooks.replaces_generator_image()
+
     def run_G(self, z, c, update_emas=False, return_features=False, ws_requires_grad=False, noise_mode=None):
         """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None).
-        ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length).
+        img is the image D judges: the synthesis output (faded in while growing), or a plugin's replacement
+        (hooks `generator_image`). ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length).
         noise_mode: None = the synthesis network's default (random noise), or 'random' | 'const' | 'none'."""
         ws = self._mapping(z, c, update_emas)
         if self.style_mixing_prob > 0:
@@ -116,15 +120,19 @@ class StyleGAN2Loss:
         if noise_mode is not None:
             kwargs['noise_mode'] = noise_mode
         fading = self.resolution is not None and self.fade_alpha < 1
-        if return_features:
+        replace = self._replaces_image()
+        if return_features or replace:
             kwargs['return_features'] = True
-        if fading:
+        if fading and not replace:
             kwargs['return_prev_img'] = True
         out = self.G.synthesis(ws, **kwargs)
         out = out if isinstance(out, tuple) else (out,)
-        img = self._fade(out[0], out[-1]) if fading else out[0]
-        features = out[1] if return_features else None
-        return img, ws, features
+        features = out[1] if (return_features or replace) else None
+        if replace:  # A plugin's image (e.g. an FSR head's) is what D judges; the plugin does its own fading.
+            img = self.hooks.generator_image(out[0], features, float(self.fade_alpha) if fading else 1.0)
+        else:
+            img = self._fade(out[0], out[-1]) if fading else out[0]
+        return img, ws, (features if return_features else None)
 
     def _fade(self, img, low):
         """Progressive fade-in: blend the newest block's image [N, C, R, R] with the previous stage's image
