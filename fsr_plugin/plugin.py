@@ -138,15 +138,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def replaces_generator_image(self):
         return self.cfg.main_d == 'head'
 
-    def generator_image(self, img, features, fade_alpha):
+    def generator_image(self, img, features, fade_alpha, ema=False):
         """--fsr-main-d=head: the top head's image X_R [N, C, R, R] float32 of this pass (R = img's resolution, the
         current stage's while growing), faded in from the head image below (upsampled with the synthesis filter) as
-        the host fades its own images. The pass's pyramid is kept for the loss terms of the same pass."""
+        the host fades its own images. A training pass's pyramid is kept for the loss terms of the same pass;
+        ema=True (snapshot grids of G_ema) uses the EMA heads and keeps nothing."""
         if self.cfg.main_d != 'head':
             return None
-        pyr = self.heads({r: f.float() for r, f in features.items()}, img=img)
-        # Two entries: the G main phase runs a second pass (the host's diversity term) before its loss terms.
-        self._fake_cache = self._fake_cache[-1:] + [(features, pyr)]
+        heads = self.heads_ema if (ema and self.heads_ema is not None) else self.heads
+        pyr = heads({r: f.float() for r, f in features.items()}, img=img)
+        if not ema:
+            # Two entries: the G main phase runs a second pass (the host's diversity term) before its loss terms.
+            self._fake_cache = self._fake_cache[-1:] + [(features, pyr)]
         r = img.shape[-1]
         x = pyr[r]
         if fade_alpha < 1 and r // 2 in pyr:

@@ -281,8 +281,9 @@ class FeatureImagePlugin(hooks_lib.TrainingPlugin):
     def replaces_generator_image(self):
         return True
 
-    def generator_image(self, img, features, fade_alpha):
+    def generator_image(self, img, features, fade_alpha, ema=False):
         self.alphas.append(fade_alpha)
+        self.ema_calls = getattr(self, 'ema_calls', 0) + int(ema)
         if not self.give:
             return None
         x = features[img.shape[-1]].float().mean(1, keepdim=True)
@@ -328,6 +329,18 @@ def test_plugin_generator_image_is_what_d_judges_in_every_phase():
     torch.testing.assert_close(loss_none.run_G(z, c)[0], G.synthesis(ws))
 
 
+def test_plugin_generator_image_in_a_training_run_and_its_grids(tmp_path, one_thread):
+    import PIL.Image
+    plugin = FeatureImagePlugin()
+    training_loop.training_loop(**loop_kwargs(tmp_path, 0.032, plugins=[plugin], image_snapshot_ticks=1))
+    # fakes_init.png and the image snapshots (fakes000000.png, written at tick 0 and again at the end), each in 2
+    # chunks of batch_gpu = 8 images.
+    assert plugin.ema_calls == 6
+    # The grid shows the plugin's image: its 3 channels are equal copies, so the PNG is grey.
+    grid = np.asarray(PIL.Image.open(tmp_path / 'fakes000000.png')).astype(int)
+    assert grid.shape == (4 * 16, 4 * 16, 3) and (grid[..., 0] == grid[..., 2]).all() and grid.std() > 0
+
+
 def test_generator_image_hook_refuses_two_replacements_and_wrong_shapes():
     class Two(FeatureImagePlugin):
         name = 'two'
@@ -335,7 +348,7 @@ def test_generator_image_hook_refuses_two_replacements_and_wrong_shapes():
     class Wrong(FeatureImagePlugin):
         name = 'wrong'
 
-        def generator_image(self, img, features, fade_alpha):
+        def generator_image(self, img, features, fade_alpha, ema=False):
             return img[:, :1]
 
     img, feats = torch.zeros([2, 3, 4, 4]), {4: torch.ones([2, 5, 4, 4])}

@@ -21,12 +21,13 @@ Hooks, in the order the loop calls them:
   a multiplier must be the same for all parameters of one block; parameters not named get 1.
 * `wants_generator_features()`: True if loss terms need G's per-resolution hidden features (the loop then asks the
   synthesis network for them once per generator pass; no second pass).
-* `replaces_generator_image()` / `generator_image(img, features, fade_alpha)` -> tensor or None: a plugin may give
-  the main discriminator another image to judge than the synthesis network's own img [N, C, R, R], computed from the
-  same pass's hidden features {r: S_r}. Asked on every training generator pass (G main, path length, D main, the
-  WGAN-GP interpolates and the diversity term) when `replaces_generator_image()` is True; fade_alpha is the
+* `replaces_generator_image()` / `generator_image(img, features, fade_alpha, ema=False)` -> tensor or None: a plugin
+  may give the main discriminator another image to judge than the synthesis network's own img [N, C, R, R], computed
+  from the same pass's hidden features {r: S_r}. Asked on every training generator pass (G main, path length, D main,
+  the WGAN-GP interpolates and the diversity term) when `replaces_generator_image()` is True; fade_alpha is the
   progressive fade-in of the pass (1 = none), which the plugin applies itself. The replacement is the `gen_img` of
-  the loss-term context. At most one plugin may replace the image.
+  the loss-term context. The snapshot grids (fakes*.png) show it too, from G_ema's features (ema=True: use the
+  plugin's EMA modules). At most one plugin may replace the image.
 * `loss_terms(where, ctx)` -> {name: tensor}: extra loss terms at 'G' (generator main phase), 'Dfake', 'Dreal' (D main
   phase) and 'Dreg' (D regularisation phase, every D_reg_interval). ctx holds the phase's tensors (real_img, real_c,
   gen_img, gen_ws, gen_features, gen_z, gen_c, cur_nimg, gain, loss). Each term is reported as Loss/<name> and its
@@ -80,7 +81,7 @@ class TrainingPlugin:
     def replaces_generator_image(self):
         return False
 
-    def generator_image(self, img, features, fade_alpha):
+    def generator_image(self, img, features, fade_alpha, ema=False):
         return None
 
     def loss_terms(self, where, ctx):
@@ -153,13 +154,13 @@ class HookManager:
     def replaces_generator_image(self):
         return any(p.replaces_generator_image() for p in self.plugins)
 
-    def generator_image(self, img, features, fade_alpha):
+    def generator_image(self, img, features, fade_alpha, ema=False):
         """The image the main discriminator judges: the one plugin replacement, or img when no plugin gives one."""
         out = None
         for p in self.plugins:
             if not p.replaces_generator_image():
                 continue
-            x = p.generator_image(img, features, fade_alpha)
+            x = p.generator_image(img, features, fade_alpha, ema=ema)
             if x is None:
                 continue
             if out is not None:

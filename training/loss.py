@@ -101,7 +101,8 @@ class StyleGAN2Loss:
     def run_G(self, z, c, update_emas=False, return_features=False, ws_requires_grad=False, noise_mode=None):
         """z [N, z_dim], c [N, c_dim] -> (img [N, C, R, R], ws [N, num_ws, w_dim], features dict or None).
         img is the image D judges: the synthesis output (faded in while growing), or a plugin's replacement
-        (hooks `generator_image`). ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length).
+        (hooks `generator_image`).
+        ws_requires_grad: make ws differentiable even when the mapping network is frozen (path length).
         noise_mode: None = the synthesis network's default (random noise), or 'random' | 'const' | 'none'."""
         ws = self._mapping(z, c, update_emas)
         if self.style_mixing_prob > 0:

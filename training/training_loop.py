@@ -381,6 +381,12 @@ def training_loop(
             if stage_res is not None and stage_res != G_ema.img_resolution:
                 kwargs['max_res'] = stage_res
             ws = [G_ema.mapping(z, c) for z, c in zip(grid_z, grid_c)]
+            if hooks.replaces_generator_image():  # The grid shows what D judges: the plugin's image, EMA version.
+                images = []
+                for w in ws:
+                    img, feats = G_ema.synthesis(w, return_features=True, **kwargs)
+                    images.append(hooks.generator_image(img, feats, 1.0, ema=True).cpu())
+                return torch.cat(images).numpy()
             return torch.cat([G_ema.synthesis(w, **kwargs).cpu() for w in ws]).numpy()
 
     if rank == 0 and resume_data is None:
