@@ -11,11 +11,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_training import TINY, loop_kwargs, params_equal, run_train  # noqa: E402
+from test_training import TINY, RecordingD, loop_kwargs, params_equal, run_train  # noqa: E402
 
 import fsr_plugin  # noqa: E402
 from fsr_plugin.options import FSRConfig  # noqa: E402
 from fsr_plugin.plugin import FSRPlugin, make_plugin, make_schedule  # noqa: E402
+from training import hooks as hooks_lib  # noqa: E402
 from training import training_loop  # noqa: E402
 
 
@@ -120,17 +121,6 @@ def test_fsr_flags_are_registered_through_the_plugin_list():
 # ----------------------------------------------------------------------------------------------------------------------
 # --fsr-main-d=head: the main discriminator judges the top head's image.
 
-class _RecordingD(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-        self.scale = torch.nn.Parameter(torch.ones([]))
-
-    def forward(self, img, c):
-        self.seen.append(img.detach().clone())
-        return self.scale * img.mean([1, 2, 3]).unsqueeze(1)
-
-
 def _head_mode_setup(**cfg_kw):
     from training import loss as loss_lib
     from training import networks
@@ -138,18 +128,13 @@ def _head_mode_setup(**cfg_kw):
     G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
                            mapping_kwargs=dict(num_layers=1),
                            synthesis_kwargs=dict(channel_base=64, channel_max=8, use_noise=False))
-    D = _RecordingD()
+    D = RecordingD()
     cfg = FSRConfig.from_options(fsr_options(fsr_main_d='head', fsr_head_kernel=3, **cfg_kw))
     plugin = FSRPlugin(cfg, r1_gamma=1.0)
     plugin.extra_modules(G, D, None, 'cpu')
-    loss = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=1.0, hooks=hooks_lib_manager([plugin]),
+    loss = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=1.0, hooks=hooks_lib.HookManager([plugin]),
                                   div_weight=1 if cfg.head_init == 'identity' else 0, div_batch=2)
     return G, D, plugin, loss
-
-
-def hooks_lib_manager(plugins):
-    from training import hooks as hooks_lib
-    return hooks_lib.HookManager(plugins)
 
 
 def test_main_d_head_judges_the_top_head_image_and_trains_g_through_the_heads():
