@@ -43,6 +43,7 @@ DEFAULT_FSR_ARGS = '--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-he
 SYNTHETIC_ARMS = ('plain', 'joint', 'layerwise')
 GRID_IMAGES = 8
 SPREAD_IMAGES = 64  # images per side of the sample-spread table
+TEACHER_REFERENCE_DRAWS = 16  # jitter draws per z of the teacher-reference table (E[x_r given z])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -370,6 +371,22 @@ def _teacher_of(data, dataset):
     return teacher
 
 
+def teacher_reference(teacher, data_kwargs, num_images, draws=TEACHER_REFERENCE_DRAWS):
+    """The teacher scored like a learner on its own real pyramid (FSRTeacher.level_references): per level r,
+    dict(readout=..., given_z=...) of diagnostics.moment_gap_with_floor results against 2 disjoint samples of
+    `num_images` dataset images (the reference and the floor sample), and z_share. Returns {r: dict}."""
+    refs = teacher.level_references(num_images, draws=draws, seed=0)
+    levels = sorted(refs['readouts'])
+    reals = se.real_pyramid_images(data_kwargs, levels, 2 * num_images, seed=2)
+    out = {}
+    for r in levels:
+        real_a, real_b = reals[r][:num_images].double(), reals[r][num_images:].double()
+        out[r] = dict(z_share=refs['z_share'][r])
+        for name in ('readouts', 'given_z'):
+            out[r][name] = diagnostics.moment_gap_with_floor(real_a, real_b, refs[name][r].double())
+    return out
+
+
 def _learned_top_atoms(snap):
     """[(source label, atoms [A, 3, 3, 3] or None, note)] for a run's top level."""
     R = snap.G.img_resolution
@@ -469,6 +486,9 @@ def synthetic(**params):
         pyramid_grid(first.final_snapshot(), os.path.join(root, f'pyramid-{arm}.png'), params['device'])
     real = se.real_pyramid_images(data_kwargs, sorted(set(stages) | set(teacher.resolutions)), GRID_IMAGES)
     save_grid(real, os.path.join(root, 'pyramid-real.png'))
+    reference = teacher_reference(teacher, data_kwargs, sizes.images)
+    with open(os.path.join(root, 'eval', 'teacher-reference.json'), 'wt') as f:
+        json.dump({str(r): v for r, v in reference.items()}, f, indent=1)
     t_eval = time.time() - t_eval
 
     # Oracle (one per seed) and the centre-tap ceiling of 1x1 atoms.
@@ -545,6 +565,20 @@ def synthetic(**params):
     rep.table(['arm'] + [str(r) for r in levels],
               [[arm] + [fmt_spread([spreads[run.name].get(r) for run in runs if run.label == arm
                                     and r in spreads[run.name]]) for r in levels] for arm in arms])
+    rep.heading('Teacher reference per level')
+    rep.text(f'The teacher scored like a learner, with the gaps and floors above ({sizes.images} images per sample; '
+             f'its own reference and floor samples, so its floors differ a little from the table above). readout: the '
+             f'teacher\'s own level outputs Deconv_out,r(S_r) (linear read-outs fitted at construction; the image '
+             f'itself at the top). E[x_r given z]: each level averaged over {TEACHER_REFERENCE_DRAWS} draws of the '
+             f'top-level site jitter with the same z, the least-squares best any function of z can give. z share: '
+             f'the part of the level\'s pixel variance set by z; the rest comes from the jitter that places the '
+             f'top-level sites, which the real pyramid\'s lower levels (box-downscales of the top image) carry but '
+             f'no level below the top sees. A learner level beyond these numbers has learned more than a copy of the '
+             f'teacher\'s own lower levels would show.')
+    rep.table(['r', 'readout gap_1 / floor_1', 'readout gap_2 / floor_2', 'E[x_r given z] gap_1 / floor_1',
+               'E[x_r given z] gap_2 / floor_2', 'z share of pixel variance'],
+              [[r, fmt(v['readouts']['ratio_1']), fmt(v['readouts']['ratio_2']), fmt(v['given_z']['ratio_1']),
+                fmt(v['given_z']['ratio_2']), fmt(v['z_share'])] for r, v in sorted(reference.items())])
     rep.heading('Per run')
     per_run = []
     for run, recs in moments:

@@ -341,6 +341,41 @@ class FSRTeacher:
         return dict(image=image.float(), levels=levels, readouts=readouts,
                     hidden={r: h.float() for r, h in hidden.items()}, top_codes=codes.float())
 
+    def level_references(self, n, draws=16, seed=0):
+        """What the teacher itself scores on its own real pyramid, level by level. Only part of a level's content is
+        set by z: the top level's sites are also placed by a jitter drawn per position, and every lower level of the
+        real pyramid is a box-downscale of that top image, while the teacher's own lower levels S_r never see it.
+
+        n images with z and jitter from a torch.Generator seeded `seed`; for each of them `draws` more jitter draws
+        with the same z. Returns dict(readouts {r: float32 [n, 3, r, r]}: the teacher's own outputs
+        Deconv_out,r(S_r) (the fitted linear read-outs; the image itself at the top); given_z {r: float32
+        [n, 3, r, r]}: the level averaged over the `draws` jitter draws, an estimate of E[x_r | z], the best
+        (least-squares) image any function of z can give; z_share {r: float}: the fraction of the level's pixel
+        variance that z sets, Var(E[x_r | z]) / Var(x_r), with the finite-draws bias removed).
+        """
+        n, draws = int(n), int(draws)
+        if n < 2 or draws < 2:
+            raise ValueError(f'FSRTeacher.level_references: n and draws must be >= 2, got {n} and {draws}')
+        gen = torch.Generator().manual_seed(int(seed))
+        z, jit = self._draw_noise(n, gen)
+        first = self._outputs(z, jit, details=True)
+        total = {r: first['levels'][r].double() for r in self.resolutions}
+        for _ in range(draws - 1):
+            _, jit = self._draw_noise(n, gen)
+            levels = self._outputs(z, jit, details=True)['levels']
+            for r in self.resolutions:
+                total[r] += levels[r].double()
+        given_z, z_share = {}, {}
+        for r in self.resolutions:
+            mean = total[r] / draws
+            given_z[r] = mean.float()
+            v_all = float(first['levels'][r].double().var(dim=0).sum())
+            v_mean = float(mean.var(dim=0).sum())
+            # Var(mean of k draws) = Var(E[x|z]) + E[Var(x|z)] / k, and Var(x) = Var(E[x|z]) + E[Var(x|z)].
+            v_z = (v_mean - v_all / draws) / (1 - 1 / draws)
+            z_share[r] = min(max(v_z / v_all, 0.0), 1.0) if v_all > 0 else float('nan')
+        return dict(readouts=first['readouts'], given_z=given_z, z_share=z_share)
+
     def images_for_indices(self, indices, stream_seed):
         """float32 [len(indices), 3, R, R]: images `indices` of stream `stream_seed` (see `sample`)."""
         indices = list(indices)

@@ -230,6 +230,23 @@ def test_synthetic_moment_and_swd_tables_match_the_jsonl(synthetic_dir):
         assert f'({name}.png)' in report
 
 
+def test_synthetic_teacher_reference_table(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    headers, rows = _table(report, 'r', 'z share of pixel variance')
+    with open(os.path.join(synthetic_dir, 'eval', 'teacher-reference.json')) as f:
+        saved = json.load(f)
+    assert [int(r[0]) for r in rows] == [4, 8, 16]
+    for row in rows:
+        ref = saved[row[0]]
+        _close(_cell(headers, row, 'readout gap_2 / floor_2'), ref['readouts']['ratio_2'])
+        _close(_cell(headers, row, 'E[x_r given z] gap_1 / floor_1'), ref['given_z']['ratio_1'])
+        _close(_cell(headers, row, 'z share of pixel variance'), ref['z_share'])
+        assert 0 < ref['z_share'] < 1
+    # The top readout is the teacher's own image: a sample of the reals, within 2x of the floor; its E[x | z] is the
+    # jitter-averaged image, whose covariance is far smaller than the reals'.
+    assert saved['16']['readouts']['ratio_2'] < 2 and saved['16']['given_z']['ratio_2'] > 2
+
+
 def test_synthetic_spread_table_matches_an_independent_computation(synthetic_dir):
     report = _read(os.path.join(synthetic_dir, 'report.md'))
     headers, rows = _table(report, 'arm', '16')

@@ -257,3 +257,25 @@ def test_registry_round_trip():
     np.testing.assert_array_equal(ds[39][0], direct[39][0])
     with pytest.raises(ValueError, match='no option'):
         host_dataset.dataset_kwargs_from_data_arg('fsr-synthetic:colour=1')
+
+
+def test_level_references_share_of_variance_set_by_z(teacher16):
+    many = teacher16.level_references(200, draws=24, seed=3)
+    few = teacher16.level_references(200, draws=2, seed=3)
+    for r in teacher16.resolutions:
+        assert many['readouts'][r].shape == many['given_z'][r].shape == (200, 3, r, r)
+        # The finite-draws correction makes 2 draws agree with 24; without it 2 draws would say far more.
+        assert few['z_share'][r] == pytest.approx(many['z_share'][r], abs=0.06)
+        # On this design about a third of every level's variance is set by z: the top-level jitter sets the rest.
+        assert 0.15 < many['z_share'][r] < 0.7
+    image = few['readouts'][16].double()  # the top readout is the image itself (of the first jitter draw)
+    first_draw = teacher16.sample(200, generator=torch.Generator().manual_seed(3))['image']
+    torch.testing.assert_close(image.float(), first_draw)
+    naive = float(few['given_z'][16].double().var(dim=0).sum() / image.var(dim=0).sum())
+    assert naive > few['z_share'][16] + 0.2  # what the correction removes: half the jitter variance
+    # Twice the jitter (1.0 instead of 0.5) leaves z less of every level. (Far less jitter cannot make the
+    # teacher's 0.9 sites per 3x3: construction refuses it.)
+    loud = FSRTeacher(resolution=16, seed=3, calib_images=256, jitter=1.0).level_references(200, draws=24, seed=3)
+    assert all(loud['z_share'][r] < many['z_share'][r] - 0.1 for r in teacher16.resolutions)
+    with pytest.raises(ValueError, match='draws must be >= 2'):
+        teacher16.level_references(10, draws=1)
