@@ -377,6 +377,12 @@ def teacher_reference(teacher, data_kwargs, num_images, draws=TEACHER_REFERENCE_
     `num_images` dataset images (the reference and the floor sample), and z_share. Returns {r: dict}."""
     refs = teacher.level_references(num_images, draws=draws, seed=0)
     levels = sorted(refs['readouts'])
+    # The dataset stores u = round(x * 127.5 + 128) and the loader decodes u / 127.5 - 1 (the host's convention):
+    # every real pixel sits 1/255 above the teacher's float value. Without this shift the mean gap alone would be
+    # several times its floor, because the patch mean of these grey-centred images is small.
+    shift = 1 / 255
+    refs = dict(refs, readouts={r: x + shift for r, x in refs['readouts'].items()},
+                given_z={r: x + shift for r, x in refs['given_z'].items()})
     reals = se.real_pyramid_images(data_kwargs, levels, 2 * num_images, seed=2)
     out = {}
     for r in levels:
