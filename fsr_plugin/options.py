@@ -162,8 +162,8 @@ def cli_options():
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '
                      'own (ToRGB) image; head = the top output head\'s image, so G is trained through its heads only '
-                     '(G\'s ToRGB layers then get no gradient: look at such a run with generate.py --pyramid and the '
-                     'fsr_* metrics)', type=click.Choice(['host', 'head']), default='host', show_default=True),
+                     '(G\'s ToRGB layers then get no gradient; generate.py writes the top head\'s images, the host '
+                     'metrics still see G\'s own: use the fsr_* metrics)', type=click.Choice(['host', 'head']), default='host', show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,
                      default=False),
         click.option('--fsr-sparsity', help='FSR hierarchical-sparsity penalty',

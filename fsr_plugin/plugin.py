@@ -100,6 +100,11 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def state_dict(self):
         return {}
 
+    def snapshot_extras(self):
+        """--fsr-main-d=head: the snapshot names its image source, the top level of the EMA heads
+        (generate.py then writes those images, not G's untrained ToRGB output)."""
+        return {'image_source': f'{self.name}.heads'} if self.cfg.main_d == 'head' else {}
+
     def load_state_dict(self, state):
         del state  # The heads, pair discriminators and their optimiser state are restored by the host.
         self._heads_restored = True
@@ -370,7 +375,8 @@ def update_training_options(c, options):
     _check_level_loss_options(cfg, c.training_set_kwargs.resolution)
     if cfg.main_d == 'head':
         print('FSR --fsr-main-d=head: the main discriminator judges the top head\'s image; the generator\'s own '
-              '(ToRGB) image is not trained. Look at this run with generate.py --pyramid and the fsr_* metrics.')
+              '(ToRGB) image is not trained. Snapshots name the heads as their image source (generate.py writes the '
+              'top head\'s images); the host metrics still see G\'s own image: use the fsr_* metrics.')
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))

@@ -189,6 +189,35 @@ def test_main_d_head_training_run_and_cli(tmp_path, one_thread):
     torgb = [n for n in trained if '.torgb.' in n]
     assert torgb and all(torch.equal(trained[n], plugin.G_init[n]) for n in torgb)
     assert not torch.equal(trained['synthesis.b16.conv1.weight'], plugin.G_init['synthesis.b16.conv1.weight'])
+    # The snapshot names the EMA heads as its image source; generate.py writes their top level by default.
+    with open(tmp_path / 'network-snapshot-000000.pkl', 'rb') as f:
+        snap = pickle.load(f)
+    assert snap['image_source'] == 'fsr.heads'
+    import numpy as np
+    import PIL.Image
+    from click.testing import CliRunner
+    import generate
+    for extra, name in (([], 'heads'), (['--g-image'], 'own')):
+        res = CliRunner().invoke(generate.main, ['--network', str(tmp_path / 'network-snapshot-000000.pkl'),
+                                                 '--seeds', '3', '--outdir', str(tmp_path / name)] + extra)
+        assert res.exit_code == 0, res.output
+    G, heads = snap['G_ema'], snap['extra_modules_ema']['fsr.heads']
+    z = torch.from_numpy(np.random.RandomState(3).randn(1, G.z_dim))
+    with torch.no_grad():
+        img, feats = G.synthesis(G.mapping(z, torch.zeros([1, 0])), return_features=True, noise_mode='const')
+        expected = {'heads': heads({16: feats[16].float()})[16], 'own': img}
+    for name, x in expected.items():
+        want = (x[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+        got = np.asarray(PIL.Image.open(tmp_path / name / 'seed0003.png'))
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+    assert not np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'heads' / 'seed0003.png')),
+                              np.asarray(PIL.Image.open(tmp_path / 'own' / 'seed0003.png')))
+    import click
+    with pytest.raises(click.ClickException, match="names image_source 'fsr.nothing'"):
+        generate.find_image_source(dict(snap, image_source='fsr.nothing'))
+    assert 'the top level of fsr.heads' in CliRunner().invoke(generate.main, [
+        '--network', str(tmp_path / 'network-snapshot-000000.pkl'), '--seeds', '3', '--outdir',
+        str(tmp_path / 'again')]).output
     res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-main-d=head'], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'the main discriminator judges the top head' in res.stdout
