@@ -327,6 +327,11 @@ def test_plugin_generator_image_is_what_d_judges_in_every_phase():
     loss_none = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=0, hooks=hooks_lib.HookManager([FeatureImagePlugin(
         give=False)]))
     torch.testing.assert_close(loss_none.run_G(z, c)[0], G.synthesis(ws))
+    plain = loss_lib.StyleGAN2Loss('cpu', G, D, r1_gamma=0)
+    for lo in (loss_none, plain):
+        lo.resolution, lo.fade_alpha = 8, 0.25
+    torch.testing.assert_close(loss_none.run_G(z, c)[0], plain.run_G(z, c)[0])
+    assert loss_none.run_G(z, c)[0].shape == (4, 3, 8, 8)
 
 
 def test_plugin_generator_image_in_a_training_run_and_its_grids(tmp_path, one_thread):

@@ -124,15 +124,16 @@ class StyleGAN2Loss:
         replace = self._replaces_image()
         if return_features or replace:
             kwargs['return_features'] = True
-        if fading and not replace:
+        if fading:
             kwargs['return_prev_img'] = True
         out = self.G.synthesis(ws, **kwargs)
         out = out if isinstance(out, tuple) else (out,)
         features = out[1] if (return_features or replace) else None
+        img = out[0]
         if replace:  # A plugin's image (e.g. an FSR head's) is what D judges; the plugin does its own fading.
             img = self.hooks.generator_image(out[0], features, float(self.fade_alpha) if fading else 1.0)
-        else:
-            img = self._fade(out[0], out[-1]) if fading else out[0]
+        if fading and img is out[0]:  # No replacement given: the host's own fade-in.
+            img = self._fade(out[0], out[-1])
         return img, ws, (features if return_features else None)
 
     def _fade(self, img, low):
