@@ -566,7 +566,10 @@ def synthetic(**params):
     rep.text(f'Mean pairwise L2 distance of {SPREAD_IMAGES} generated images (G_ema, constant noise) divided by that '
              f'of {SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied as '
              f'the teacher; values near 0 mean the generator draws nearly the same image every time (mode collapse), '
-             f'which keeps the covariance gap near 1 whatever else is learned.')
+             f'which keeps the covariance gap near 1 whatever else is learned. A generator with noise inputs may draw '
+             f'part of its variety from them, as the teacher draws most of each level\'s variety from its top-level '
+             f'jitter (teacher reference below): a teacher-like model held to fixed noise would score about the '
+             f'square root of the z share there, not 1.')
     levels = sorted({r for v in spreads.values() for r in v})
     rep.table(['arm'] + [str(r) for r in levels],
               [[arm] + [fmt_spread([spreads[run.name].get(r) for run in runs if run.label == arm
