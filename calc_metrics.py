@@ -13,7 +13,8 @@ Examples:
 The default --metrics is fid50k_full when an Inception detector is configured (--detector or $GAN_INCEPTION_URL),
 else swd (multi-scale sliced Wasserstein distance, which needs no download). Results are printed as JSON lines;
 when the network file sits in a training run folder (one with training_options.json) they are also appended to
-<run folder>/metric-<name>.jsonl.
+<run folder>/metric-<name>.jsonl. A network file that names an image source (e.g. an FSR run with
+--fsr-main-d=head) is scored on that image, the one its discriminator judged; --g-image scores G's own.
 """
 
 import copy
@@ -127,8 +128,11 @@ def _dataset_kwargs(data, network, G, mirror):
 @click.option('--device', 'device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True,
               help='Images per detector call')
+@click.option('--g-image', is_flag=True, help='Score G\'s own image even when the network file names another '
+              'image source (e.g. FSR runs with --fsr-main-d=head, whose images are the top head\'s)')
 @click.option('--verbose', type=bool, default=True, metavar='BOOL', show_default=True, help='Print progress')
-def calc_metrics(network_pkl, metrics, data, mirror, num_gpus, detector_url, vgg16_url, device, batch_size, verbose):
+def calc_metrics(network_pkl, metrics, data, mirror, num_gpus, detector_url, vgg16_url, device, batch_size, g_image,
+                 verbose):
     from torch_utils.cpu_allocator import tune_cpu_allocator
     tune_cpu_allocator()
     try:
@@ -144,7 +148,14 @@ def calc_metrics(network_pkl, metrics, data, mirror, num_gpus, detector_url, vgg
         network = legacy.load_network(network_pkl)
     except (OSError, ValueError) as err:
         raise click.ClickException(f'--network: {err}') from None
-    G = network['G_ema']
+    from training import image_source
+    try:
+        G, source_name = image_source.network_generator(network, own_image=g_image)
+    except image_source.ImageSourceError as err:
+        raise click.ClickException(f'--network: {err}') from None
+    if source_name is not None and verbose:
+        print(f'Images: the top level of {source_name}, which this network was trained to output (--g-image scores '
+              f'G\'s own image)', flush=True)
 
     try:
         dataset_kwargs = _dataset_kwargs(data, network, G, mirror)

@@ -25,6 +25,7 @@ import dnnlib
 from torch_utils.cpu_allocator import tune_cpu_allocator
 
 import legacy
+from training import image_source
 
 
 def parse_range(text):
@@ -87,10 +88,9 @@ def random_generator(resolution=32, channels=3, seed=0):
                               synthesis_kwargs=dict(channel_base=4096, channel_max=128)).eval()
 
 
-def generate_images(G, seeds, device, truncation_psi=1.0, class_idx=None, noise_mode='const', batch_size=8,
-                    source=None):
-    """Render one image per seed. Returns [len(seeds), H, W, C] uint8 numpy. source: None = G's image, or a
-    per-resolution module (find_image_source) whose top level, computed from G's hidden features, is the image."""
+def generate_images(G, seeds, device, truncation_psi=1.0, class_idx=None, noise_mode='const', batch_size=8):
+    """Render one image per seed with G(z, c) (a network's generator, or image_source.network_generator's
+    stand-in for one whose file names another image). Returns [len(seeds), H, W, C] uint8 numpy."""
     label = torch.zeros([1, G.c_dim], device=device)
     if G.c_dim != 0:
         if class_idx is None:
@@ -107,30 +107,10 @@ def generate_images(G, seeds, device, truncation_psi=1.0, class_idx=None, noise_
         z = np.concatenate([np.random.RandomState(seed).randn(1, G.z_dim) for seed in chunk])
         z = torch.from_numpy(z).to(device)
         with torch.no_grad():
-            if source is None:
-                img = G(z, label.repeat(len(chunk), 1), truncation_psi=truncation_psi, noise_mode=noise_mode,
-                        force_fp32=force_fp32)
-            else:
-                ws = G.mapping(z, label.repeat(len(chunk), 1), truncation_psi=truncation_psi)
-                own, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=force_fp32)
-                top = max(source.resolutions)
-                img = source({top: feats[top].float()}, img=own)[top]
+            img = G(z, label.repeat(len(chunk), 1), truncation_psi=truncation_psi, noise_mode=noise_mode,
+                    force_fp32=force_fp32)
         out.append(to_uint8(img))
     return np.concatenate(out)
-
-
-def find_image_source(data):
-    """The module whose top level is this network's image, when the file names one (key 'image_source': the name
-    of an EMA extra module, e.g. 'fsr.heads' for FSR runs whose main discriminator judged the top head's image),
-    as (name, module); None when G's own image is the network's image."""
-    name = data.get('image_source')
-    if name is None:
-        return None
-    module = (data.get('extra_modules_ema') or {}).get(name)
-    if module is None or not hasattr(module, 'resolutions'):
-        raise click.ClickException(f'the network file names image_source {name!r}, but has no such per-resolution '
-                                   f'module among its extra modules ({sorted(data.get("extra_modules_ema") or {})})')
-    return name, module
 
 
 def find_pyramid_module(data):
@@ -184,7 +164,6 @@ def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode
     device = pick_device(device)
     if random_init == (network_path is not None):
         raise click.UsageError('give exactly one of --network and --random-init')
-    source = None
     if random_init:
         print('Using a freshly initialised generator (--random-init): images show the pipeline works, not a '
               'trained model.')
@@ -195,11 +174,13 @@ def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode
             data = legacy.load_network(network_path)
         except legacy.NetworkFileError as e:
             raise click.ClickException(str(e)) from None
-        G = data['G_ema'].to(device)
-        found = None if (g_image or pyramid) else find_image_source(data)
-        if found is not None:
-            source = found[1].to(device)
-            print(f'Images: the top level of {found[0]}, which this network was trained to output (--g-image '
+        try:
+            G, source_name = image_source.network_generator(data, own_image=g_image or pyramid)
+        except image_source.ImageSourceError as e:
+            raise click.ClickException(str(e)) from None
+        G = G.to(device)
+        if source_name is not None:
+            print(f'Images: the top level of {source_name}, which this network was trained to output (--g-image '
                   f'writes G\'s own image)')
         if pyramid:
             found = find_pyramid_module(data)
@@ -213,7 +194,7 @@ def main(network_path, random_init, seeds, truncation_psi, class_idx, noise_mode
             print(f'Wrote {len(seeds)} pyramids ({found[0]}: {found[1].resolutions}) to {outdir}')
             return
     os.makedirs(outdir, exist_ok=True)
-    images = generate_images(G, seeds, device, truncation_psi, class_idx, noise_mode, source=source)
+    images = generate_images(G, seeds, device, truncation_psi, class_idx, noise_mode)
     if grid is not None:
         cols, rows = parse_grid(grid)
         path = os.path.join(outdir, 'grid.png')

@@ -376,7 +376,7 @@ def update_training_options(c, options):
     if cfg.main_d == 'head':
         print('FSR --fsr-main-d=head: the main discriminator judges the top head\'s image; the generator\'s own '
               '(ToRGB) image is not trained. Snapshots name the heads as their image source (generate.py writes the '
-              'top head\'s images); the host metrics still see G\'s own image: use the fsr_* metrics.')
+              'top head\'s images, and the host metrics score them; --g-image gives G\'s own).')
     if cfg.relu:
         pretrained_act = c.G_kwargs.synthesis_kwargs.get('activation',
                                                          _default_argument(networks.SynthesisLayer, 'activation'))

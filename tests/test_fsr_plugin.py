@@ -212,9 +212,15 @@ def test_main_d_head_training_run_and_cli(tmp_path, one_thread):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
     assert not np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'heads' / 'seed0003.png')),
                               np.asarray(PIL.Image.open(tmp_path / 'own' / 'seed0003.png')))
-    import click
-    with pytest.raises(click.ClickException, match="names image_source 'fsr.nothing'"):
-        generate.find_image_source(dict(snap, image_source='fsr.nothing'))
+    from training import image_source
+    with pytest.raises(image_source.ImageSourceError, match="names image_source 'fsr.nothing'"):
+        image_source.find_image_source(dict(snap, image_source='fsr.nothing'))
+    # The host metrics score the same image: the snapshot's generator for metrics is the heads' top level.
+    G_metric, name = image_source.network_generator(snap)
+    with torch.no_grad():
+        got = G_metric(z, torch.zeros([1, 0]), noise_mode='const')
+    assert name == 'fsr.heads'
+    torch.testing.assert_close(got, expected['heads'], rtol=0, atol=1e-6)
     assert 'the top level of fsr.heads' in CliRunner().invoke(generate.main, [
         '--network', str(tmp_path / 'network-snapshot-000000.pkl'), '--seeds', '3', '--outdir',
         str(tmp_path / 'again')]).output

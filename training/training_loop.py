@@ -25,6 +25,7 @@ from torch_utils.ops import grid_sample_gradfix
 from torch_utils.ops import upfirdn2d
 from training import growing as growing_lib
 from training import hooks as hooks_lib
+from training import image_source
 
 
 class TrainingDivergedError(RuntimeError):
@@ -644,8 +645,9 @@ def training_loop(
         # Evaluate metrics.
         if snapshot_data is not None and len(metrics) > 0:
             log('Evaluating metrics...')
+            G_metric, _ = image_source.network_generator(snapshot_data)  # the image the run trains D on
             for metric in metrics:
-                result_dict = metric_main.calc_metric(metric=metric, G=snapshot_data['G_ema'],
+                result_dict = metric_main.calc_metric(metric=metric, G=G_metric,
                                                       dataset_kwargs=training_set_kwargs, num_gpus=num_gpus,
                                                       rank=rank, device=device, **metric_kwargs)
                 if rank == 0:
