@@ -44,6 +44,7 @@ class FSRConfig:
     moments_weight: object = 0.0        # patch mean/covariance matching loss weight: float or {res: weight}
     moments_patch: int = 3              # its patch size q
     moments_pairs: bool = False         # its patches also hold the level below
+    moments_unbiased: bool = False      # its split-half estimate, free of the batch estimates' variance
     pyramid_filter: str = 'box'         # box | fir
     main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
@@ -90,6 +91,7 @@ class FSRConfig:
             moments_weight=_parse_per_layer(opts.get('fsr_moments'), '--fsr-moments') or 0.0,
             moments_patch=int(opts.get('fsr_moments_patch') or 3),
             moments_pairs=bool(opts.get('fsr_moments_pairs', False)),
+            moments_unbiased=bool(opts.get('fsr_moments_unbiased', False)),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
@@ -158,12 +160,16 @@ def cli_options():
                      default=3, show_default=True),
         click.option('--fsr-moments-pairs', help='FSR --fsr-moments: a patch of level r also holds the level r/2 '
                      'under it (matches the cross-moments of the super-resolution step)', type=bool, default=False),
+        click.option('--fsr-moments-unbiased', help='FSR --fsr-moments: the split-half estimate (cross products of '
+                     'two halves of each batch), whose gradient has no pull towards images with less varied patch '
+                     'statistics than the reals', type=bool, default=False, show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '
                      'own (ToRGB) image; head = the top output head\'s image, so G is trained through its heads only '
-                     '(G\'s ToRGB layers then get no gradient; generate.py writes the top head\'s images, the host '
-                     'metrics still see G\'s own: use the fsr_* metrics)', type=click.Choice(['host', 'head']), default='host', show_default=True),
+                     '(G\'s ToRGB layers then get no gradient; generate.py, calc_metrics.py and the metrics in '
+                     'training use the top head\'s images)', type=click.Choice(['host', 'head']), default='host',
+                     show_default=True),
         click.option('--fsr-relu', help='FSR: ReLU (not leaky ReLU) in the synthesis layers', type=bool,
                      default=False),
         click.option('--fsr-sparsity', help='FSR hierarchical-sparsity penalty',

@@ -14,6 +14,13 @@ of 1.1-1.3 (docs/RESULTS.md section 11).
 
 The real moments come from the step's real batch, with no running state: the loss is quadratic in them, so its
 gradient is unbiased for the real distribution, and a resumed run needs nothing restored.
+
+The plain loss is not unbiased in the fakes: on one batch, E|C_fake - C_real|^2 = |E C_fake - C_real|^2 + the
+variance of the batch estimate C_fake (and of C_real), and the variance part has a gradient too: it asks for images
+whose patch statistics vary less from batch to batch, i.e. for more uniform images than the reals. At 32x32 with 32
+images it is about as large as the gap itself (docs/RESULTS.md section 13). `unbiased=True` (`--fsr-moments-unbiased`)
+splits both batches into two halves of whole images and uses the cross products <A_fake - A_real, B_fake - B_real>,
+whose expectation, and that of its gradient, is exactly the population term |E stat_fake - stat_real|^2.
 """
 
 import torch
@@ -32,33 +39,59 @@ def patch_mean_cov(rows):
     return mean, centred.T @ centred / rows.shape[0]
 
 
-def moment_matching_loss(fake, real, eps=1e-12):
+def moment_matching_loss(fake, real, eps=1e-12, split_fake=None, split_real=None):
     """Unitless moment mismatch of point sets fake [N, D] and real [M, D]:
     mean term |m_fake - m_real|^2 / trace(C_real) (a mean shift in units of the reals' spread) and
     covariance term |C_fake - C_real|_F^2 / |C_real|_F^2 (the squared `fsr_moment_gap` gap_2).
     The normalisers carry no gradient; fake that is one point at the reals' mean scores (0, 1).
+    split_fake, split_real (row indices, both or neither): the unbiased split-half form. With halves A = rows[:split]
+    and B = rows[split:] of each set (independent samples, e.g. whole images), the terms are the cross products
+    <m_Af - m_Ar, m_Bf - m_Br> / trace(C_real) and <C_Af - C_Ar, C_Bf - C_Br>_F / |C_real|_F^2, whose expectations
+    are the population mismatches without the estimates' variance (they can be negative on one batch).
     Differentiable in fake (and in real if it requires grad). Returns (mean term, covariance term), scalars."""
     if fake.ndim != 2 or real.ndim != 2 or fake.shape[1] != real.shape[1]:
         raise ValueError(f'moment_matching_loss: expected fake [N, D] and real [M, D], got {list(fake.shape)} and '
                          f'{list(real.shape)}')
-    m_fake, c_fake = patch_mean_cov(fake)
     m_real, c_real = patch_mean_cov(real)
     spread = torch.diagonal(c_real).sum().detach().clamp_min(eps)
     size = c_real.detach().square().sum().clamp_min(eps)
-    return (m_fake - m_real).square().sum() / spread, (c_fake - c_real).square().sum() / size
+    if (split_fake is None) != (split_real is None):
+        raise ValueError('moment_matching_loss: give both split_fake and split_real, or neither')
+    if split_fake is None:
+        m_fake, c_fake = patch_mean_cov(fake)
+        return (m_fake - m_real).square().sum() / spread, (c_fake - c_real).square().sum() / size
+    for name, rows, split in (('fake', fake, split_fake), ('real', real, split_real)):
+        if not 0 < int(split) < rows.shape[0]:
+            raise ValueError(f'moment_matching_loss: split_{name}={split} must leave rows on both sides of '
+                             f'{rows.shape[0]}')
+    ma_f, ca_f = patch_mean_cov(fake[:split_fake])
+    mb_f, cb_f = patch_mean_cov(fake[split_fake:])
+    ma_r, ca_r = patch_mean_cov(real[:split_real])
+    mb_r, cb_r = patch_mean_cov(real[split_real:])
+    mean_term = ((ma_f - ma_r) * (mb_f - mb_r)).sum() / spread
+    cov_term = ((ca_f - ca_r) * (cb_f - cb_r)).sum() / size
+    return mean_term, cov_term
 
 
-def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs=False):
+def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs=False, unbiased=False):
     """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): weights[r] * (mean term +
     covariance term) of `moment_matching_loss` between the q x q patches (stride 1) of fake and real level r.
     pairs=True: a patch of level r also holds the patch of level r/2 (upsampled) under it (`patch_swd.pair_images`),
     so the cross-moments of a patch and its low-resolution context, the super-resolution step, are matched too.
-    The reals carry no gradient. Levels smaller than the patch are skipped.
+    The reals carry no gradient. Levels smaller than the patch are skipped. unbiased=True: the split-half form of
+    `moment_matching_loss`, halves of whole images (both batches need at least 2 images).
     Returns {r: (weighted loss, unweighted mean term, unweighted covariance term)}."""
     if int(patch_size) < 1:
         raise ValueError(f'level_moment_losses: patch_size must be >= 1, got {patch_size}')
     out = {}
     for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size, pairs):
-        mean_term, cov_term = moment_matching_loss(rows_fake, rows_real)
+        splits = {}
+        if unbiased:
+            for name, pyramid, rows in (('fake', fake_pyramid, rows_fake), ('real', real_pyramid, rows_real)):
+                n = int(pyramid[r].shape[0])
+                if n < 2:
+                    raise ValueError(f'level_moment_losses: unbiased=True needs at least 2 {name} images, got {n}')
+                splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)  # rows are image-major (patch_rows)
+        mean_term, cov_term = moment_matching_loss(rows_fake, rows_real, **splits)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
     return out

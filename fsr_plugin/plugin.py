@@ -290,7 +290,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         real_img = ctx['real_img']
         real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
         losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, self.moment_weights,
-                                                       patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs)
+                                                       patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs,
+                                                       unbiased=self.cfg.moments_unbiased)
         for r, (_, mean_term, cov_term) in losses.items():
             training_stats.report(f'FSR/moments_mean_r{r}', mean_term)
             training_stats.report(f'FSR/moments_cov_r{r}', cov_term)

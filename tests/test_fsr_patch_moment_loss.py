@@ -137,3 +137,124 @@ def test_patch_covariance_report_splits_contrast_from_shape():
     assert rep['trace_ratio'] == pytest.approx(4) and rep['gap_2'] == pytest.approx(3)
     assert rep['gap_2_shape'] < 1e-12 and rep['floor_2'] > 0
     np.testing.assert_allclose(rep['eig_fake'], 4 * rep['eig_real'])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --fsr-moments-unbiased: the split-half estimate.
+
+def test_unbiased_moment_loss_matches_numpy_cross_products():
+    rng = np.random.RandomState(1)
+    fake = rng.randn(40, 3) * [1, 2, 0.5] + 0.2
+    real = rng.randn(30, 3) @ rng.randn(3, 3)
+    mean_term, cov_term = pml.moment_matching_loss(torch.from_numpy(fake), torch.from_numpy(real), split_fake=16,
+                                                   split_real=10)
+    fa, fb, ra, rb = fake[:16], fake[16:], real[:10], real[10:]
+    c_real = np.cov(real.T, bias=True)
+    expected_mean = np.dot(fa.mean(0) - ra.mean(0), fb.mean(0) - rb.mean(0)) / np.trace(c_real)
+    cov = lambda x: np.cov(x.T, bias=True)  # noqa: E731
+    expected_cov = np.sum((cov(fa) - cov(ra)) * (cov(fb) - cov(rb))) / np.sum(c_real ** 2)
+    np.testing.assert_allclose(float(mean_term), expected_mean, rtol=1e-10)
+    np.testing.assert_allclose(float(cov_term), expected_cov, rtol=1e-10)
+    with pytest.raises(ValueError, match='both split_fake and split_real'):
+        pml.moment_matching_loss(torch.from_numpy(fake), torch.from_numpy(real), split_fake=3)
+    with pytest.raises(ValueError, match='split_real=30 must leave rows on both sides of 30'):
+        pml.moment_matching_loss(torch.from_numpy(fake), torch.from_numpy(real), split_fake=3, split_real=30)
+
+
+def test_unbiased_moment_loss_gradcheck():
+    torch.manual_seed(0)
+    fake = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    real = torch.randn(8, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: sum(pml.moment_matching_loss(f, real, split_fake=4, split_real=5)),
+                                    (fake,))
+
+
+def varied_images(n, t, gen):
+    """n white-noise images [n, 3, 6, 6] whose per-image scale is (1 + t u) / sqrt(1 + t^2), u = +-1: the patch
+    covariance of the distribution is I for every t; only how much it varies from image to image depends on t."""
+    u = torch.randint(0, 2, [n, 1, 1, 1], generator=gen).double() * 2 - 1
+    return (1 + t * u) / (1 + t * t) ** 0.5 * torch.randn([n, 3, 6, 6], generator=gen, dtype=torch.float64)
+
+
+def test_plain_moment_loss_pulls_towards_uniform_images_and_unbiased_does_not():
+    """Fakes and reals from the same distribution (per-image scales vary, t = 0.5). The gradient of the plain batch
+    loss in t is positive on average (it asks for images more alike than the reals); the split-half estimate's is
+    zero within its standard error, and so is its value, while the plain value is the estimates' variance."""
+    gen = torch.Generator().manual_seed(0)
+    grads, values = {False: [], True: []}, {False: [], True: []}
+    for _ in range(300):
+        real = varied_images(16, 0.5, gen)
+        u = torch.randint(0, 2, [16, 1, 1, 1], generator=gen).double() * 2 - 1
+        e = torch.randn([16, 3, 6, 6], generator=gen, dtype=torch.float64)
+        for unbiased in (False, True):
+            t = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+            fake = (1 + t * u) / (1 + t * t) ** 0.5 * e
+            loss = pml.level_moment_losses({6: fake}, {6: real}, {6: 1.0}, unbiased=unbiased)[6][0]
+            (g,) = torch.autograd.grad(loss, t)
+            grads[unbiased].append(float(g))
+            values[unbiased].append(float(loss.detach()))
+    for unbiased in (False, True):
+        g, v = np.array(grads[unbiased]), np.array(values[unbiased])
+        g_se, v_se = g.std() / len(g) ** 0.5, v.std() / len(v) ** 0.5
+        if unbiased:
+            assert abs(g.mean()) < 3 * g_se and abs(v.mean()) < 3 * v_se, (g.mean(), g_se, v.mean(), v_se)
+        else:
+            assert g.mean() > 5 * g_se and v.mean() > 5 * v_se, (g.mean(), g_se, v.mean(), v_se)
+
+
+def test_unbiased_estimates_the_population_gap():
+    """Fakes with twice the reals' variance: the mean of the split-half covariance term over batches is the
+    population |2I - I|^2 / |I|^2 = 1; the plain term's mean lies above it by the estimates' variance."""
+    gen = torch.Generator().manual_seed(1)
+    plain, split = [], []
+    for _ in range(200):
+        real = torch.randn([6, 1, 5, 5], generator=gen, dtype=torch.float64)
+        fake = 2 ** 0.5 * torch.randn([6, 1, 5, 5], generator=gen, dtype=torch.float64)
+        plain.append(float(pml.level_moment_losses({5: fake}, {5: real}, {5: 1.0})[5][2]))
+        split.append(float(pml.level_moment_losses({5: fake}, {5: real}, {5: 1.0}, unbiased=True)[5][2]))
+    split = np.array(split)
+    assert abs(split.mean() - 1) < 3 * split.std() / len(split) ** 0.5 + 0.05, split.mean()
+    assert np.mean(plain) > split.mean() + 0.1
+
+
+def test_unbiased_levels_split_on_whole_images():
+    torch.manual_seed(0)
+    fake, real = torch.randn(5, 3, 8, 8).double(), torch.randn(4, 3, 8, 8).double()
+    out = pml.level_moment_losses({8: fake}, {8: real}, {8: 2.0}, unbiased=True)
+    rows_f, rows_r = patch_swd.patch_rows(fake, 3), patch_swd.patch_rows(real, 3)
+    mean_term, cov_term = pml.moment_matching_loss(rows_f, rows_r, split_fake=2 * 36, split_real=2 * 36)
+    torch.testing.assert_close(out[8][0], 2 * (mean_term + cov_term))
+    # The halves are whole images: the same as the cross products of per-half moments computed image by image.
+    ma, ca = pml.patch_mean_cov(patch_swd.patch_rows(fake[:2], 3))
+    mb, cb = pml.patch_mean_cov(patch_swd.patch_rows(fake[2:], 3))
+    ra, rca = pml.patch_mean_cov(patch_swd.patch_rows(real[:2], 3))
+    rb, rcb = pml.patch_mean_cov(patch_swd.patch_rows(real[2:], 3))
+    _, c_real = pml.patch_mean_cov(rows_r)
+    torch.testing.assert_close(cov_term, ((ca - rca) * (cb - rcb)).sum() / c_real.square().sum())
+    with pytest.raises(ValueError, match='at least 2 fake images, got 1'):
+        pml.level_moment_losses({8: fake[:1]}, {8: real}, {8: 1.0}, unbiased=True)
+
+
+def test_fsr_moments_unbiased_in_training_and_cli(tmp_path, one_thread):
+    plugin = make_plugin(dict(fsr=True, fsr_pair=False, fsr_moments='8:1,16:2', fsr_moments_unbiased=True),
+                         dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
+    assert plugin.cfg.moments_unbiased
+    calls = []
+    original = pml.level_moment_losses
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get('unbiased'))
+        return original(*args, **kwargs)
+    pml.level_moment_losses = recording
+    try:
+        os.makedirs(tmp_path / 'run')
+        training_loop.training_loop(**loop_kwargs(tmp_path / 'run', 0.032, plugins=[plugin]))
+    finally:
+        pml.level_moment_losses = original
+    assert calls and all(calls)
+    stats = [json.loads(line) for line in (tmp_path / 'run' / 'stats.jsonl').read_text().splitlines()][-1]
+    assert 'FSR/moments_cov_r16' in stats and np.isfinite(stats['Loss/fsr/moments']['mean'])
+    res = run_train(['--outdir', str(tmp_path), '-n'] + TINY + ['--fsr=1', '--fsr-moments=0.5',
+                                                                '--fsr-moments-unbiased=1'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"fsr_moments_unbiased": true' in res.stdout
