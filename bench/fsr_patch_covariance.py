@@ -6,6 +6,13 @@ beside its floor (two disjoint real samples), the trace ratio trace(C_fake) / tr
 gap after the fakes' covariance is rescaled to the reals' trace (shape alone), and the top eigenvalues of both
 covariances (a smooth sample puts its variance in a few directions; a white one spreads it evenly).
 
+--batch-terms B prints, per level, what the `--fsr-moments` covariance term measures on batches of B images as in
+training: the plain term, the split-half term (`--fsr-moments-unbiased`, an estimate of the population gap^2), their
+difference (the variance of the batch estimates, which the plain loss also minimises), and the plain term between two
+real batches (that variance for reals alone). Means over the disjoint batches of the N images.
+
+G's noise inputs are drawn at random (`--noise-mode`, default random: as G samples and as `fsr_moment_gap` measures).
+
 For a top head with winner-take-all (`--fsr-top-wta`), it also prints the head's site density: sites per 3x3
 neighbourhood, as `FSRTeacher.measured_density` counts them, beside the teacher's when the data is fsr-synthetic.
 
@@ -15,6 +22,7 @@ real images), optionally plus --fit-adv times the non-saturating loss against th
 the loss terms every 50 steps.
 
     python bench/fsr_patch_covariance.py runs/.../network-snapshot-000040.pkl --num=300 --raw=1
+    python bench/fsr_patch_covariance.py runs/.../network-snapshot-000040.pkl --num=640 --batch-terms=32
     python bench/fsr_patch_covariance.py runs/.../network-snapshot-000012.pkl --fit-steps=200 --fit-levels=16
 """
 import os
@@ -45,6 +53,27 @@ def covariance_report(real, real_b, fake, q=3, top=5):
     return dict(gap_2=np.linalg.norm(c_real - c_fake) / norm, floor_2=np.linalg.norm(c_real - c_b) / norm,
                 trace_ratio=1 / scale, gap_2_shape=np.linalg.norm(c_real - scale * c_fake) / norm,
                 eig_real=np.linalg.eigvalsh(c_real)[::-1][:top], eig_fake=np.linalg.eigvalsh(c_fake)[::-1][:top])
+
+
+def batch_terms_fn(real, real_b, fake, batch=32, q=3):
+    """real, real_b, fake: images [N, C, r, r] -> dict: the mean over the N // batch disjoint batches of the
+    `--fsr-moments` covariance term (plain, split-half) between fake and real batches, and of the plain term
+    between batches of real and real_b."""
+    plain, split, reals = [], [], []
+    for b in range(fake.shape[0] // batch):
+        sel = slice(b * batch, (b + 1) * batch)
+        f, x, y = fake[sel].double(), real[sel].double(), real_b[sel].double()
+        r = f.shape[-1]
+        plain.append(float(patch_moment_loss.level_moment_losses({r: f}, {r: x}, {r: 1.0}, patch_size=q)[r][2]))
+        split.append(float(patch_moment_loss.level_moment_losses({r: f}, {r: x}, {r: 1.0}, patch_size=q,
+                                                                 unbiased=True)[r][2]))
+        reals.append(float(patch_moment_loss.level_moment_losses({r: y}, {r: x}, {r: 1.0}, patch_size=q)[r][2]))
+    if not plain:
+        raise click.UsageError(f'--batch-terms {batch}: needs --num >= {batch}')
+    split = np.array(split)
+    return dict(plain=float(np.mean(plain)), split=float(split.mean()),
+                split_se=float(split.std() / len(split) ** 0.5), variance=float(np.mean(plain) - split.mean()),
+                reals=float(np.mean(reals)), batches=len(plain))
 
 
 def _print(tag, reports):
@@ -128,8 +157,13 @@ def fit_moments(snapshot, levels, steps, adv=0.0, lr=2e-3, batch=32, num_real=20
 @click.option('--fit-levels', help='Levels of the fit (comma list)', default='16', show_default=True)
 @click.option('--fit-adv', help='Weight of the adversarial term against the frozen D in the fit', type=float,
               default=0.0, show_default=True)
-def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv):
+@click.option('--noise-mode', help='G\'s noise inputs', type=click.Choice(['random', 'const']), default='random',
+              show_default=True)
+@click.option('--batch-terms', help='Also the --fsr-moments covariance terms on batches of this many images (0 = off)',
+              type=click.IntRange(min=0), default=0, show_default=True)
+def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv, noise_mode, batch_terms):
     torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the random noise inputs
     if fit_steps:
         fit_moments(snapshot, [int(r) for r in fit_levels.split(',')], fit_steps, adv=fit_adv)
         return
@@ -148,8 +182,16 @@ def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv):
     for tag, parts in models:
         if parts is not None:
             snap.G, snap.heads = parts
-        fake = se.pyramid_images(snap, num, seed=0)
+        with torch.no_grad():
+            fake = se.pyramid_images(snap, num, seed=0, noise_mode=noise_mode)
         _print(tag, {r: covariance_report(real_a[r], real_b[r], fake[r]) for r in sorted(fake) if r >= 3})
+        for r in (sorted(fake) if batch_terms else []):
+            if r < 3:
+                continue
+            t = batch_terms_fn(real_a[r], real_b[r], fake[r], batch=batch_terms)
+            print(f'{tag:5s} r={r:3d}  --fsr-moments covariance term on {t["batches"]} batches of {batch_terms}: plain '
+                  f'{t["plain"]:.4f}  split-half {t["split"]:.4f} (se {t["split_se"]:.4f})  variance part '
+                  f'{t["variance"]:.4f}  two real batches {t["reals"]:.4f}')
         with torch.no_grad():
             sites = top_sites_per_3x3(snap, min(num, 64))
         if sites is not None:

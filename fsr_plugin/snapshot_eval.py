@@ -214,14 +214,15 @@ def read_records(jsonl_path):
 
 
 @torch.no_grad()
-def pyramid_images(snapshot, num, seed=0, G=None):
+def pyramid_images(snapshot, num, seed=0, G=None, noise_mode='const'):
     """{r: generated images [num, C, r, r] float} at every synthesis resolution: the FSR heads' outputs, or (no
-    heads) G's image box-downscaled. z ~ N(0, I) from a torch generator seeded with `seed`."""
+    heads) G's image box-downscaled. z ~ N(0, I) from a torch generator seeded with `seed`; noise_mode 'random'
+    draws G's noise inputs from torch's global generator."""
     G = snapshot.G if G is None else G
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn([int(num), G.z_dim], generator=gen).to(snapshot.device)
     c = torch.zeros([int(num), G.c_dim], device=snapshot.device)
-    kwargs = dict(noise_mode='const', force_fp32=True)
+    kwargs = dict(noise_mode=noise_mode, force_fp32=True)
     fn = snapshot.pyramid_fn()
     if fn is not None:
         levels = fn(G, z, c, **kwargs)
