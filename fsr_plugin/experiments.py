@@ -393,6 +393,29 @@ def teacher_reference(teacher, data_kwargs, num_images, draws=TEACHER_REFERENCE_
     return out
 
 
+USED_SHARE = 0.01      # a head atom counts as used when its channel paints at least this share of the top level
+USAGE_IMAGES = 256     # samples over which the usage is measured
+
+
+def used_atom_recovery(snap, teacher_atoms, learned, threshold, seed=0):
+    """Atom recovery by the head atoms the generator paints with: those whose channel has at least USED_SHARE of
+    the top level's usage (se.top_channel_usage over USAGE_IMAGES samples). An atom of a channel that never wins
+    can match a teacher atom closely and still paint nothing. Returns dict(used_atoms, used_recovered,
+    used_mean_matched_cos, used_per_atom_cos, partner_share: the usage share of each teacher atom's partner in
+    the all-atom matching)."""
+    usage = se.top_channel_usage(snap, USAGE_IMAGES, seed=seed)
+    used = (usage >= USED_SHARE).nonzero().flatten()
+    rec_all = matching.atom_recovery(teacher_atoms, learned, threshold)
+    out = dict(used_atoms=int(used.numel()),
+               partner_share=[float(usage[p]) if p >= 0 else 0.0 for p in rec_all['partner'].tolist()])
+    if used.numel() == 0:
+        K = int(teacher_atoms.shape[0])
+        return dict(out, used_recovered=0, used_mean_matched_cos=0.0, used_per_atom_cos=[0.0] * K)
+    rec = matching.atom_recovery(teacher_atoms, learned[used], threshold)
+    return dict(out, used_recovered=rec['recovered'], used_mean_matched_cos=rec['mean_matched_cos'],
+                used_per_atom_cos=rec['cos'].tolist())
+
+
 def _learned_top_atoms(snap):
     """[(source label, atoms [A, 3, 3, 3] or None, note)] for a run's top level."""
     R = snap.G.img_resolution
@@ -475,6 +498,8 @@ def synthetic(**params):
                 entry.update(num_atoms=int(learned.shape[0]), recovered=rec['recovered'], fraction=rec['fraction'],
                              mean_matched_cos=rec['mean_matched_cos'], per_atom_cos=rec['cos'].tolist(),
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
+                if source == 'FSR head':
+                    entry.update(used_atom_recovery(snap, teacher.atoms, learned, params['threshold'], sizes.seed))
             entries.append(entry)
         atoms[run.name] = entries
         levels = tuple(snap.resolutions)
@@ -534,21 +559,30 @@ def synthetic(**params):
         for i, first in enumerate(arm_entries[0]):
             vals = [e[i] for e in arm_entries]
             if 'recovered' not in first:
-                rows.append([arm, first['source'], 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', first['note']])
+                rows.append([arm, first['source'], 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', first['note']])
                 continue
+            used = 'used_recovered' in first
             rows.append([arm, first['source'], first['num_atoms'],
                          fmt_spread([v['recovered'] for v in vals]) + f' / {K}',
                          fmt_spread([v['fraction'] for v in vals]), fmt_spread([v['mean_matched_cos'] for v in vals]),
+                         fmt_spread([v['used_atoms'] for v in vals]) if used else 'n/a',
+                         fmt_spread([v['used_recovered'] for v in vals]) + f' / {K}' if used else 'n/a',
+                         fmt_spread([v['used_mean_matched_cos'] for v in vals]) if used else 'n/a',
                          fmt_spread([v['floor_mean_matched_cos'] for v in vals]),
                          'at most the centre-tap share (below)' if first['note'] == 'ceiling' else ''])
     if oracle_results:
         rows.append(['oracle', f'sparse coding, {params["oracle_steps"]} steps', params['oracle_atoms'],
                      fmt_spread([o['recovered'] for o in oracle_results]) + f' / {K}',
                      fmt_spread([o['fraction'] for o in oracle_results]),
-                     fmt_spread([o['mean_matched_cos'] for o in oracle_results]),
+                     fmt_spread([o['mean_matched_cos'] for o in oracle_results]), 'n/a', 'n/a', 'n/a',
                      fmt_spread([o['floor']['mean_matched_cos'] for o in oracle_results]), ''])
     rep.table(['arm', 'learned atoms', 'atoms', f'recovered (cos >= {params["threshold"]:g})', 'fraction',
-               'mean matched cos', 'random floor mean cos', 'note'], rows)
+               'mean matched cos', 'used atoms', 'recovered by used atoms', 'used: mean matched cos',
+               'random floor mean cos', 'note'], rows)
+    rep.text(f'Used atoms: the head atoms whose channel paints at least {USED_SHARE:.0%} of the top level (its share '
+             f'of the winning features over {USAGE_IMAGES} samples, fsr_plugin.snapshot_eval.top_channel_usage). The '
+             f'all-atom matching can pair a teacher atom with the atom of a channel that never wins: that atom '
+             f'paints nothing. Recovery by the used atoms is what the generator draws with.')
     rep.text(f'A 1x1 atom placed in the centre of a 3x3 patch can reach at most cosine = (norm of the teacher atom\'s '
              f'centre tap) / (its norm) with a teacher atom: {fmt(float(centre_share.mean()))} on average, '
              f'{int((centre_share >= params["threshold"]).sum())} of {K} atoms reach {params["threshold"]:g}. The '
@@ -594,11 +628,12 @@ def synthetic(**params):
         primary = atoms[run.name][-1] if run.label == 'plain' else atoms[run.name][0]
         per_run.append([run.name, os.path.relpath(run.run_dir, root), fmt(recs[-1].get('kimg')),
                         primary.get('recovered', 'n/a'), fmt(primary.get('mean_matched_cos')),
+                        primary.get('used_recovered', 'n/a'),
                         fmt(recs[-1]['results']['fsr_moment_learned_levels']),
                         fmt(next(s for r2, s in swds if r2 is run)[-1]['results']['fsr_swd_mean']),
                         fmt(train_seconds(run.run_dir))])
     rep.table(['run', 'folder', 'final kimg', 'recovered (head / conv1∘ToRGB)', 'mean matched cos',
-               'levels within 2x floor', 'SWD mean', 'training loop s'], per_run)
+               'recovered by used atoms', 'levels within 2x floor', 'SWD mean', 'training loop s'], per_run)
     if oracle_results:
         rep.table(['oracle seed', 'recovered', 'mean matched cos', 'random floor mean cos', 'seconds'],
                   [[o['seed'], o['recovered'], fmt(o['mean_matched_cos']), fmt(o['floor']['mean_matched_cos']),

@@ -231,6 +231,36 @@ def pyramid_images(snapshot, num, seed=0, G=None, noise_mode='const'):
     return {int(r): x.cpu() for r, x in fsr_pyramid.build_pyramid(img, snapshot.resolutions).items()}
 
 
+def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
+    """float64 [C]: each input channel's share of what the top head paints over `num` samples (z from a generator
+    seeded with `seed`): the sum of the channel's features at the top resolution that the head uses (the winners of
+    its winner-take-all selection, with its jitter, when it has one; else their absolute values). A channel whose share is near 0 paints nothing,
+    whatever its atom looks like. Random noise inputs are drawn from `seed` too. None when the snapshot has no head at
+    the top resolution."""
+    from fsr_plugin.wta import wta_mask
+    R = int(snapshot.G.img_resolution)
+    if snapshot.heads is None or R not in snapshot.heads.resolutions:
+        return None
+    head = snapshot.heads.head(R)
+    G = snapshot.G
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn([int(num), G.z_dim], generator=gen).to(snapshot.device)
+    c = torch.zeros([int(num), G.c_dim], device=snapshot.device)
+    from metrics.metric_utils import isolated_rng
+    with torch.no_grad(), isolated_rng(int(seed), snapshot.device):  # the noise inputs: reproducible, RNG untouched
+        ws = G.mapping(z, c)
+        _, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=True)
+        s = feats[R].float()
+        if getattr(head, 'wta', 0):
+            s = s * wta_mask(s, head.wta, getattr(head, 'wta_jitter', 0.0),
+                             torch.Generator(device=s.device).manual_seed(int(seed) + 1)).to(s.dtype)
+        else:
+            s = s.abs()
+        mass = s.double().sum(dim=(0, 2, 3)).cpu()
+    total = float(mass.sum())
+    return mass / total if total > 0 else mass
+
+
 def pyramid_spread(fake_levels, real_levels):
     """fake_levels, real_levels: {r: images [N, C, r, r]} -> {r: mean pairwise L2 distance of the fakes / that of
     the reals} for the levels both have. 1 = the samples vary as much as the data; a generator that draws nearly

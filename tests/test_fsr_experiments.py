@@ -201,6 +201,23 @@ def test_synthetic_report_matches_independent_atom_recovery(synthetic_dir):
     _close(_cell(headers, joint[0], 'mean matched cos'), mean_cos)
     assert first_number(_cell(headers, joint[0], 'recovered (cos >= 0.9)')) == int((matched >= 0.9).sum())
 
+    # Recovery by the used atoms: the channels with >= 1% of the top features' absolute mass (this head has no
+    # winner-take-all) over 256 samples, z and noise from seed 0.
+    from metrics.metric_utils import isolated_rng
+    G = data['G_ema']
+    assert not head.wta
+    z = torch.randn([experiments.USAGE_IMAGES, G.z_dim], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), isolated_rng(0):
+        _, feats = G.synthesis(G.mapping(z, torch.zeros([len(z), 0])), return_features=True, noise_mode='random',
+                               force_fp32=True)
+    mass = feats[16].double().abs().sum(dim=(0, 2, 3)).numpy()
+    used = np.flatnonzero(mass / mass.sum() >= experiments.USED_SHARE)
+    assert _cell(headers, joint[0], 'used atoms') == str(len(used))
+    used_cos, used_matched = _hungarian_mean_cos(teacher, learned[used])
+    used_cos = used_matched.sum() / 12  # teacher atoms left without a partner count as 0
+    _close(_cell(headers, joint[0], 'used: mean matched cos'), used_cos)
+    assert first_number(_cell(headers, joint[0], 'recovered by used atoms')) == int((used_matched >= 0.9).sum())
+
     # The oracle row agrees with the oracle's json.
     with open(os.path.join(synthetic_dir, 'eval', 'oracle-seed0.json')) as f:
         oracle = json.load(f)
@@ -490,3 +507,64 @@ def test_composed_host_atoms_are_what_conv1_and_torgb_paint():
                                    styles=block.torgb.affine(w) * block.torgb.weight_gain, demodulate=False)
         np.testing.assert_allclose(rgb[0, :, 2:5, 2:5].double().numpy(), atoms[i].numpy(), atol=1e-6)
         assert float(rgb.abs().sum() - rgb[0, :, 2:5, 2:5].abs().sum()) == pytest.approx(0, abs=1e-6)
+
+
+class _StubG:
+    """A generator stand-in whose top features (4x4, 3 channels) are constructed: channel 0 is 2 at (1, 1) and 0
+    elsewhere, channel 1 is 1 everywhere, channel 2 is -1 everywhere."""
+    img_resolution, z_dim, c_dim = 4, 2, 0
+
+    def mapping(self, z, c):
+        return z
+
+    def synthesis(self, ws, return_features=True, **kwargs):
+        n = ws.shape[0]
+        s = torch.zeros([n, 3, 4, 4])
+        s[:, 0, 1, 1] = 2
+        s[:, 1] = 1
+        s[:, 2] = -1
+        return None, {4: s}
+
+
+class _StubHeads:
+    resolutions = [4]
+
+    def __init__(self, wta):
+        self.top = torch.nn.Module()
+        self.top.wta, self.top.wta_jitter = wta, 0.0
+
+    def head(self, r):
+        return self.top
+
+
+class _StubSnapshot:
+    def __init__(self, wta):
+        self.G, self.heads, self.device = _StubG(), _StubHeads(wta), torch.device('cpu')
+
+
+def test_top_channel_usage_counts_what_the_head_paints():
+    # Winner-take-all (one channel per site): channel 0 wins 1 site with 2, channel 1 the other 15 with 1 each.
+    usage = snapshot_eval.top_channel_usage(_StubSnapshot(wta=1), num=5)
+    np.testing.assert_allclose(usage.numpy(), [2 / 17, 15 / 17, 0], rtol=1e-12)
+    # Without winner-take-all every channel paints with its absolute value: 2, 16 and 16 per image.
+    usage = snapshot_eval.top_channel_usage(_StubSnapshot(wta=0), num=5)
+    np.testing.assert_allclose(usage.numpy(), [2 / 34, 16 / 34, 16 / 34], rtol=1e-12)
+    snap = _StubSnapshot(wta=1)
+    snap.heads.resolutions = [2]
+    assert snapshot_eval.top_channel_usage(snap, num=5) is None
+
+
+def test_used_atom_recovery_ignores_atoms_that_paint_nothing():
+    """The teacher's atom 0 sits on channel 2, which never wins: the all-atom matching recovers it, the used
+    atoms do not; atom 1 on channel 1 (used) is recovered both ways."""
+    teacher = FSRTeacher(resolution=16, seed=0).atoms.double()
+    gen = torch.Generator().manual_seed(0)
+    learned = torch.randn([3] + list(teacher.shape[1:]), generator=gen, dtype=torch.float64)
+    learned[2], learned[1] = teacher[0], teacher[1]
+    out = experiments.used_atom_recovery(_StubSnapshot(wta=1), teacher, learned, 0.9)
+    full = experiments.matching.atom_recovery(teacher, learned, 0.9)
+    assert full['recovered'] == 2 and out['used_atoms'] == 2 and out['used_recovered'] == 1
+    assert out['used_per_atom_cos'][1] == pytest.approx(1) and out['used_per_atom_cos'][0] < 0.9
+    assert out['partner_share'][0] == 0 and out['partner_share'][1] == pytest.approx(15 / 17)
+    # Unmatched teacher atoms count as cosine 0 in the mean.
+    assert out['used_mean_matched_cos'] == pytest.approx(np.mean(out['used_per_atom_cos']))
