@@ -559,7 +559,7 @@ def synthetic(**params):
         for i, first in enumerate(arm_entries[0]):
             vals = [e[i] for e in arm_entries]
             if 'recovered' not in first:
-                rows.append([arm, first['source'], 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', first['note']])
+                rows.append([arm, first['source']] + ['n/a'] * 8 + [first['note']])
                 continue
             used = 'used_recovered' in first
             rows.append([arm, first['source'], first['num_atoms'],

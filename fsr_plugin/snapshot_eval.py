@@ -234,9 +234,9 @@ def pyramid_images(snapshot, num, seed=0, G=None, noise_mode='const'):
 def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
     """float64 [C]: each input channel's share of what the top head paints over `num` samples (z from a generator
     seeded with `seed`): the sum of the channel's features at the top resolution that the head uses (the winners of
-    its winner-take-all selection, with its jitter, when it has one; else their absolute values). A channel whose share is near 0 paints nothing,
-    whatever its atom looks like. Random noise inputs are drawn from `seed` too. None when the snapshot has no head at
-    the top resolution."""
+    its winner-take-all selection, with its jitter, when it has one; else their absolute values). A channel whose
+    share is near 0 paints nothing, whatever its atom looks like. Random noise inputs are drawn from `seed` too.
+    None when the snapshot has no head at the top resolution."""
     from fsr_plugin.wta import wta_mask
     R = int(snapshot.G.img_resolution)
     if snapshot.heads is None or R not in snapshot.heads.resolutions:
