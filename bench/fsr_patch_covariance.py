@@ -55,7 +55,7 @@ def covariance_report(real, real_b, fake, q=3, top=5):
                 eig_real=np.linalg.eigvalsh(c_real)[::-1][:top], eig_fake=np.linalg.eigvalsh(c_fake)[::-1][:top])
 
 
-def batch_terms_fn(real, real_b, fake, batch=32, q=3):
+def batch_terms(real, real_b, fake, batch=32, q=3):
     """real, real_b, fake: images [N, C, r, r] -> dict: the mean over the N // batch disjoint batches of the
     `--fsr-moments` covariance term (plain, split-half) between fake and real batches, and of the plain term
     between batches of real and real_b."""
@@ -159,9 +159,10 @@ def fit_moments(snapshot, levels, steps, adv=0.0, lr=2e-3, batch=32, num_real=20
               default=0.0, show_default=True)
 @click.option('--noise-mode', help='G\'s noise inputs', type=click.Choice(['random', 'const']), default='random',
               show_default=True)
-@click.option('--batch-terms', help='Also the --fsr-moments covariance terms on batches of this many images (0 = off)',
+@click.option('--batch-terms', 'terms_batch',
+              help='Also the --fsr-moments covariance terms on batches of this many images (0 = off)',
               type=click.IntRange(min=0), default=0, show_default=True)
-def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv, noise_mode, batch_terms):
+def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv, noise_mode, terms_batch):
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # the random noise inputs
     if fit_steps:
@@ -185,11 +186,11 @@ def main(snapshot, num, raw, threads, fit_steps, fit_levels, fit_adv, noise_mode
         with torch.no_grad():
             fake = se.pyramid_images(snap, num, seed=0, noise_mode=noise_mode)
         _print(tag, {r: covariance_report(real_a[r], real_b[r], fake[r]) for r in sorted(fake) if r >= 3})
-        for r in (sorted(fake) if batch_terms else []):
+        for r in (sorted(fake) if terms_batch else []):
             if r < 3:
                 continue
-            t = batch_terms_fn(real_a[r], real_b[r], fake[r], batch=batch_terms)
-            print(f'{tag:5s} r={r:3d}  --fsr-moments covariance term on {t["batches"]} batches of {batch_terms}: plain '
+            t = batch_terms(real_a[r], real_b[r], fake[r], batch=terms_batch)
+            print(f'{tag:5s} r={r:3d}  --fsr-moments covariance term on {t["batches"]} batches of {terms_batch}: plain '
                   f'{t["plain"]:.4f}  split-half {t["split"]:.4f} (se {t["split_se"]:.4f})  variance part '
                   f'{t["variance"]:.4f}  two real batches {t["reals"]:.4f}')
         with torch.no_grad():

@@ -397,15 +397,16 @@ USED_SHARE = 0.01      # a head atom counts as used when its channel paints at l
 USAGE_IMAGES = 256     # samples over which the usage is measured
 
 
-def used_atom_recovery(snap, teacher_atoms, learned, threshold, seed=0):
+def used_atom_recovery(snap, teacher_atoms, learned, threshold, seed=0, rec_all=None):
     """Atom recovery by the head atoms the generator paints with: those whose channel has at least USED_SHARE of
     the top level's usage (se.top_channel_usage over USAGE_IMAGES samples). An atom of a channel that never wins
     can match a teacher atom closely and still paint nothing. Returns dict(used_atoms, used_recovered,
     used_mean_matched_cos, used_per_atom_cos, partner_share: the usage share of each teacher atom's partner in
-    the all-atom matching)."""
+    the all-atom matching, rec_all: that matching's atom_recovery result when the caller has it)."""
     usage = se.top_channel_usage(snap, USAGE_IMAGES, seed=seed)
     used = (usage >= USED_SHARE).nonzero().flatten()
-    rec_all = matching.atom_recovery(teacher_atoms, learned, threshold)
+    if rec_all is None:
+        rec_all = matching.atom_recovery(teacher_atoms, learned, threshold)
     out = dict(used_atoms=int(used.numel()),
                partner_share=[float(usage[p]) if p >= 0 else 0.0 for p in rec_all['partner'].tolist()])
     if used.numel() == 0:
@@ -499,7 +500,7 @@ def synthetic(**params):
                              mean_matched_cos=rec['mean_matched_cos'], per_atom_cos=rec['cos'].tolist(),
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
                 if source == 'FSR head':
-                    entry.update(used_atom_recovery(snap, teacher.atoms, learned, params['threshold'], sizes.seed))
+                    entry.update(used_atom_recovery(snap, teacher.atoms, learned, params['threshold'], sizes.seed, rec))
             entries.append(entry)
         atoms[run.name] = entries
         levels = tuple(snap.resolutions)

@@ -27,7 +27,9 @@ import dnnlib
 import legacy
 from fsr_plugin import fsr_metrics
 from fsr_plugin import pyramid as fsr_pyramid
+from fsr_plugin.wta import wta_mask
 from metrics import metric_main
+from metrics.metric_utils import isolated_rng
 
 __all__ = ['Snapshot', 'list_snapshots', 'read_training_options', 'snapshot_kimg', 'evaluate', 'append_record',
            'read_records', 'pyramid_images', 'real_pyramid_images', 'torgb_atoms_3x3', 'composed_host_atoms',
@@ -237,7 +239,6 @@ def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
     its winner-take-all selection, with its jitter, when it has one; else their absolute values). A channel whose
     share is near 0 paints nothing, whatever its atom looks like. Random noise inputs are drawn from `seed` too.
     None when the snapshot has no head at the top resolution."""
-    from fsr_plugin.wta import wta_mask
     R = int(snapshot.G.img_resolution)
     if snapshot.heads is None or R not in snapshot.heads.resolutions:
         return None
@@ -246,7 +247,6 @@ def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn([int(num), G.z_dim], generator=gen).to(snapshot.device)
     c = torch.zeros([int(num), G.c_dim], device=snapshot.device)
-    from metrics.metric_utils import isolated_rng
     with torch.no_grad(), isolated_rng(int(seed), snapshot.device):  # the noise inputs: reproducible, RNG untouched
         ws = G.mapping(z, c)
         _, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=True)

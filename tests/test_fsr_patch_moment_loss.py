@@ -140,16 +140,16 @@ def test_patch_covariance_report_splits_contrast_from_shape():
 
 
 def test_patch_covariance_batch_terms_split_variance_from_gap():
-    from bench.fsr_patch_covariance import batch_terms_fn
+    from bench.fsr_patch_covariance import batch_terms
     gen = torch.Generator().manual_seed(0)
     real, real_b, same = (torch.randn(256, 1, 6, 6, generator=gen, dtype=torch.float64) for _ in range(3))
-    t = batch_terms_fn(real, real_b, same, batch=16)
+    t = batch_terms(real, real_b, same, batch=16)
     assert t['batches'] == 16 and abs(t['split']) < 4 * t['split_se']
     assert t['plain'] == pytest.approx(t['reals'], rel=0.3) and t['variance'] == pytest.approx(t['plain'] - t['split'])
-    wide = batch_terms_fn(real, real_b, 2 * same, batch=16)  # population |4 I - I|^2 / |I|^2 = 9
+    wide = batch_terms(real, real_b, 2 * same, batch=16)  # population |4 I - I|^2 / |I|^2 = 9
     assert wide['split'] == pytest.approx(9, abs=4 * wide['split_se'] + 0.5) and wide['plain'] > wide['split']
     with pytest.raises(Exception, match='needs --num >= 300'):
-        batch_terms_fn(real, real_b, same, batch=300)
+        batch_terms(real, real_b, same, batch=300)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
