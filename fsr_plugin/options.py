@@ -36,6 +36,10 @@ class FSRConfig:
     head_gain: bool = False             # every head learns one scalar gain of its atoms
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
+    top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
+    top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
+    top_restart_max: int = 2            # at most this many restarts per event
+    top_restart_atom: str = 'split'     # a restarted channel's atom: split (the donor's, perturbed) | data (a real patch)
     swd_weight: object = 0.0            # patch sliced-Wasserstein loss weight: float (all levels) or {res: weight}
     swd_patch: int = 3                  # its patch size q
     swd_dirs: int = 64                  # its random directions per level and step
@@ -83,6 +87,12 @@ class FSRConfig:
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             top_wta=int(opts.get('fsr_top_wta') or 0),
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
+            top_restart=float(opts.get('fsr_top_restart') or 0.0),
+            top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
+                                    else 0.01),
+            top_restart_max=int(opts.get('fsr_top_restart_max') if opts.get('fsr_top_restart_max') is not None
+                                else 2),
+            top_restart_atom=opts.get('fsr_top_restart_atom') or 'split',
             swd_weight=_parse_per_layer(opts.get('fsr_swd'), '--fsr-swd') or 0.0,
             swd_patch=int(opts.get('fsr_swd_patch') or 3),
             swd_dirs=int(opts.get('fsr_swd_dirs') or 64),
@@ -139,6 +149,18 @@ def cli_options():
                      'plus this many of their standard deviations of Gaussian noise, as the synthetic teacher does '
                      '(more, and randomly placed, sites)', type=click.FloatRange(min=0), default=0.0,
                      show_default=True),
+        click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
+                     're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
+                     'since the last restart, each from one of the most used channels (split; 0 = off)',
+                     type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-top-restart-share', help='FSR --fsr-top-restart: a channel below this share of the top '
+                     'level\'s painted mass is dead', type=click.FloatRange(min=0, max=1), default=0.01,
+                     show_default=True),
+        click.option('--fsr-top-restart-max', help='FSR --fsr-top-restart: at most this many channels restarted at '
+                     'once', type=click.IntRange(min=1), default=2, show_default=True),
+        click.option('--fsr-top-restart-atom', help='FSR --fsr-top-restart: a restarted channel\'s head atom: split = '
+                     'the donor channel\'s atom, perturbed; data = a patch of a real image',
+                     type=click.Choice(['split', 'data']), default='split', show_default=True),
         click.option('--fsr-swd', help='FSR: weight of the per-level patch sliced-Wasserstein generator loss between '
                      'the head images and the real pyramid: number or "res:w,res:w" (0 = off)', type=str,
                      default='0', show_default=True),

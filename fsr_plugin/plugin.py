@@ -27,6 +27,7 @@ from torch_utils.ops import upfirdn2d
 from training import hooks as hooks_lib
 from training import networks
 
+from . import channel_restart
 from . import fsr_metrics
 from . import patch_moment_loss
 from . import patch_swd
@@ -50,8 +51,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
 
     name = 'fsr'
 
-    def __init__(self, cfg, r1_gamma=0.0, schedule=None):
+    def __init__(self, cfg, r1_gamma=0.0, schedule=None, seed=0):
         self.cfg = cfg
+        self.seed = int(seed)
         self.pair_r1 = float(cfg.pair_r1) if cfg.pair_r1 is not None else float(r1_gamma)
         self.schedule = schedule
         self.heads = None
@@ -67,6 +69,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.D = None
         self._heads_as_built = None   # CPU copies of the heads' tensors at construction, until _finish_head_init.
         self._heads_restored = False  # True once load_state_dict ran (continuing a run: heads come from a snapshot).
+        self.usage = None             # --fsr-top-restart: channel_restart.ChannelUsage of the top level
+        self._restart = dict(next_nimg=0, total=0, used=0)
+        self._last_real = None        # --fsr-top-restart-atom=data: the last real batch seen
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -92,13 +97,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_weights = _level_weights(cfg.swd_weight, [r for r in resolutions if r >= cfg.swd_patch])
         self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
         self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
+        if cfg.top_restart > 0:
+            self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta)
+            self._restart['next_nimg'] = self._restart_interval()
         return modules
 
     def set_ema_modules(self, ema_modules):
         self.heads_ema = ema_modules.get('heads')
 
     def state_dict(self):
-        return {}
+        if self.usage is None:
+            return {}
+        return {'restart': dict(self._restart, usage=self.usage.state_dict())}
 
     def snapshot_extras(self):
         """--fsr-main-d=head: the snapshot names its image source, the top level of the EMA heads
@@ -106,8 +116,58 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return {'image_source': f'{self.name}.heads'} if self.cfg.main_d == 'head' else {}
 
     def load_state_dict(self, state):
-        del state  # The heads, pair discriminators and their optimiser state are restored by the host.
+        # The heads, pair discriminators and their optimiser state are restored by the host.
         self._heads_restored = True
+        restart = (state or {}).get('restart')
+        if self.usage is not None and restart is not None:
+            self.usage.load_state_dict(restart['usage'])
+            self._restart = {k: int(restart[k]) for k in ('next_nimg', 'total', 'used')}
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # --fsr-top-restart
+
+    def _restart_interval(self):
+        return max(int(round(self.cfg.top_restart * 1000)), 1)
+
+    def after_step(self, step):
+        """--fsr-top-restart: at every interval, restart the top level's dead channels (fsr_plugin.channel_restart)
+        from the usage measured since the last restart."""
+        if self.usage is None or step['cur_nimg'] < self._restart['next_nimg']:
+            return
+        cur_nimg = int(step['cur_nimg'])
+        while self._restart['next_nimg'] <= cur_nimg:
+            self._restart['next_nimg'] += self._restart_interval()
+        cfg = self.cfg
+        shares = self.usage.shares()
+        if float(shares.sum()) <= 0:
+            return  # the top level has not been trained since the last event (an earlier layer-wise stage)
+        self._restart['used'] = int((shares >= cfg.top_restart_share).sum())
+        pairs = channel_restart.choose_restarts(shares, cfg.top_restart_share, cfg.top_restart_max)
+        self.usage.reset()
+        if not pairs:
+            return
+        R = self.heads.resolutions[-1]
+        gen = channel_restart.restart_generator(self.seed, cur_nimg)
+        patches = None
+        head = step['modules']['heads'].head(R)
+        if cfg.top_restart_atom == 'data':
+            if self._last_real is None or self._last_real.shape[-1] != R:
+                return
+            patches = channel_restart.real_patches(self._last_real, head.kernel_size, head.bias, len(pairs), gen)
+        ema_heads = step['ema_modules'].get('heads')
+        channel_restart.restart_channels(
+            pairs, getattr(step['G'].synthesis, f'b{R}').conv1, head, optimizer=step['optimizers']['G'],
+            conv_ema=getattr(step['G_ema'].synthesis, f'b{R}').conv1,
+            head_ema=ema_heads.head(R) if ema_heads is not None else None, mode=cfg.top_restart_atom,
+            patches=patches, generator=gen)
+        self._restart['total'] += len(pairs)
+        _log(f'FSR: kimg {cur_nimg / 1000:.1f}: {self._restart["used"]} top-level channels in use; restarted '
+             + ', '.join(f'{dead} from {donor}' for dead, donor in pairs))
+
+    def on_tick(self, tick_info):
+        if self.usage is None:
+            return {}
+        return {'top_used_channels': self._restart['used'], 'top_restarts': self._restart['total']}
 
     def on_stage(self, stage, G, D, modules):
         self._finish_head_init(G)
@@ -217,6 +277,10 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                 feats = {r: f.float() for r, f in feats.items()}
                 fake_pyr = self._fake_pyramid(feats, ctx)
             if where == 'G':
+                R = self.heads.resolutions[-1]
+                if self.usage is not None and R in feats:
+                    self.usage.update(feats[R])
+                    self._last_real = ctx.get('real_img')
                 if self.sparsity is not None:
                     penalties, report = self.sparsity(feats)
                     for name, value in report.items():
@@ -370,6 +434,10 @@ def update_training_options(c, options):
     fine_tuning = c.get('resume_pkl') is not None
     if cfg.top_wta % 2 == 0 and cfg.top_wta != 0:
         raise click.UsageError(f'--fsr-top-wta must be 0 (off) or odd (the suppression window), got {cfg.top_wta}')
+    if cfg.top_restart > 0 and (cfg.top_wta < 1 or cfg.main_d != 'head'):
+        raise click.UsageError(f'--fsr-top-restart needs --fsr-top-wta >= 1 (it restarts channels that do not win '
+                               f'the selection) and --fsr-main-d=head (it changes channels that G\'s own image '
+                               f'sums), got --fsr-top-wta={cfg.top_wta} --fsr-main-d={cfg.main_d}')
     if cfg.top_wta_jitter > 0 and cfg.top_wta < 3:
         raise click.UsageError(f'--fsr-top-wta-jitter needs --fsr-top-wta >= 3 (a suppression window), got '
                                f'--fsr-top-wta={cfg.top_wta}')
@@ -457,10 +525,12 @@ def make_plugin(options, training_options=None):
         return None
     r1_gamma = 0.0
     schedule = None
+    seed = 0
     if training_options is not None:
         r1_gamma = training_options.get('loss_kwargs', {}).get('r1_gamma', 0.0)
         schedule = make_schedule(cfg, training_options['training_set_kwargs']['resolution'])
-    return FSRPlugin(cfg, r1_gamma=r1_gamma, schedule=schedule)
+        seed = int(training_options.get('random_seed', 0))
+    return FSRPlugin(cfg, r1_gamma=r1_gamma, schedule=schedule, seed=seed)
 
 
 def register_metrics(register_metric):

@@ -197,6 +197,43 @@ def test_plugin_module_is_trained_ema_averaged_snapshotted_and_resumed(tmp_path,
     del before, res
 
 
+class StepEditingPlugin(CountingPlugin):
+    """After every step: records what after_step receives, and sets the bias of its head (and the EMA head) to the
+    step count, so the test can see the edit survive into the snapshot."""
+    name = 'editor'
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def after_step(self, step):
+        self.seen.append(dict(cur_nimg=step['cur_nimg'], batch_idx=step['batch_idx'],
+                              modules=set(step['modules']), ema_modules=set(step['ema_modules']),
+                              head_in_G_opt=any(p is self.head.bias for g in step['optimizers']['G'].param_groups
+                                                for p in g['params']),
+                              head_in_D_opt=any(p is self.head.bias for g in step['optimizers']['D'].param_groups
+                                                for p in g['params']),
+                              G_ok=step['G'] is not step['G_ema'] and hasattr(step['D'], 'b4')))
+        with torch.no_grad():
+            for head in (step['modules']['head'], step['ema_modules']['head']):
+                head.bias.fill_(float(step['batch_idx']))
+
+
+def test_after_step_hook_sees_every_iteration_with_modules_and_optimisers(tmp_path, one_thread):
+    plugin = StepEditingPlugin()
+    training_loop.training_loop(**loop_kwargs(tmp_path, 0.064, plugins=[plugin]))
+    assert [s['cur_nimg'] for s in plugin.seen] == [8 * (i + 1) for i in range(len(plugin.seen))]
+    assert [s['batch_idx'] for s in plugin.seen] == list(range(1, len(plugin.seen) + 1))
+    assert len(plugin.seen) == 8  # 64 images in batches of 8
+    for s in plugin.seen:
+        assert s['modules'] == {'head'} and s['ema_modules'] == {'head'}  # this plugin's names, no prefix
+        assert s['head_in_G_opt'] and not s['head_in_D_opt'] and s['G_ok']
+    with open(tmp_path / 'network-snapshot-000000.pkl', 'rb') as f:
+        snap = pickle.load(f)
+    assert torch.all(snap['extra_modules']['editor.head'].bias == 8)
+    assert torch.all(snap['extra_modules_ema']['editor.head'].bias == 8)
+
+
 def test_no_plugin_equals_empty_plugin_list_bitwise(tmp_path, one_thread):
     class Silent(hooks_lib.TrainingPlugin):
         name = 'silent'

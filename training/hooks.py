@@ -33,6 +33,11 @@ Hooks, in the order the loop calls them:
   gen_img, gen_ws, gen_features, gen_z, gen_c, cur_nimg, gain, loss). Each term is reported as Loss/<name> and its
   mean is added to the phase's loss.
 * `has_d_regularisers()`: True if 'Dreg' terms exist (so the Dreg phase runs even when r1_gamma is 0).
+* `after_step(step)`: after every training iteration (all phases stepped, G_ema updated, cur_nimg advanced). step
+  holds cur_nimg, batch_idx, G, D, G_ema, modules and ema_modules (this plugin's extra modules and their EMA copies,
+  by the names it gave them) and optimizers ({'G': ..., 'D': ...}, each covering that side's network and extra
+  modules). A plugin may change parameters here in place (e.g. re-initialise dead units), together with their EMA
+  copies and optimiser state; it must not draw from the global random generators (exact resume).
 * `on_tick(tick_info)` -> dict of extra statistics to report for the tick.
 * `state_dict()` / `load_state_dict(state)`: plugin state saved in snapshots (for exact resume).
 * `register_metrics(register_metric)`: add metrics to the host's registry.
@@ -89,6 +94,9 @@ class TrainingPlugin:
 
     def has_d_regularisers(self):
         return False
+
+    def after_step(self, step):
+        pass
 
     def on_tick(self, tick_info):
         return {}
@@ -180,6 +188,16 @@ class HookManager:
 
     def has_d_regularisers(self):
         return any(p.has_d_regularisers() for p in self.plugins)
+
+    def after_step(self, step):
+        """step: dict (see the module docstring) with modules / ema_modules of all plugins by their full names
+        (plugin.name); each plugin gets its own, without the prefix."""
+        for p in self.plugins:
+            prefix = p.name + '.'
+            mine = dict(step)
+            for key in ('modules', 'ema_modules'):
+                mine[key] = {k[len(prefix):]: v for k, v in step.get(key, {}).items() if k.startswith(prefix)}
+            p.after_step(mine)
 
     def on_tick(self, tick_info):
         out = {}

@@ -522,6 +522,11 @@ def training_loop(
         # Update state.
         cur_nimg += batch_size
         batch_idx += 1
+        if hooks:
+            hooks.after_step(dict(cur_nimg=cur_nimg, batch_idx=batch_idx, G=G, D=D, G_ema=G_ema,
+                                  modules={name: em.module for name, em in extras.items()}, ema_modules=extras_ema,
+                                  optimizers={side: next(ph.opt for ph in phases if ph.name.startswith(side))
+                                              for side in ('G', 'D')}))
 
         # Execute ADA heuristic.
         if ada_signs is not None and (batch_idx % ada_interval == 0):
