@@ -110,7 +110,7 @@ def test_split_restart_shares_the_donors_sites_and_copies_state():
     assert torch.equal(conv.weight[donor], old_conv) and torch.equal(head.weight[:, donor], old_atom)
     rel = (conv.weight[dead].detach() - old_conv).square().mean().sqrt() / old_conv.square().mean().sqrt()
     assert 0.05 < float(rel.detach()) < 0.2
-    assert float(conv.bias[dead]) == float(conv.bias[donor])
+    assert torch.equal(conv.bias[dead], conv.bias[donor])
     cos = torch.nn.functional.cosine_similarity(head.weight[:, dead].flatten(), old_atom.flatten(), dim=0)
     assert 0.95 < float(cos) < 1.0
     # The EMA copies hold the same new rows.
