@@ -68,6 +68,22 @@ class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit code 1."""
 
 
+
+def _parse_g_channels(text):
+    """'32:16,16:64' -> {32: 16, 16: 64} (block resolution: output channels of G's block)."""
+    out = {}
+    for part in str(text).split(','):
+        try:
+            res, channels = (int(v) for v in part.split(':'))
+        except ValueError:
+            raise click.BadParameter(f'expected "res:channels,..." (e.g. 32:16), got {text!r}',
+                                     param_hint='--g-channels') from None
+        if res < 4 or res & (res - 1) or channels < 1:
+            raise click.BadParameter(f'{part!r}: the resolution must be a power of two >= 4 and the width >= 1',
+                                     param_hint='--g-channels')
+        out[res] = channels
+    return out
+
 def _parse_comma_list(s):
     if s is None or s.lower() == 'none' or s == '':
         return []
@@ -179,6 +195,13 @@ def setup_training_options(opts):
         args.D_kwargs.architecture = opts.d_arch
     if opts.g_arch is not None:
         args.G_kwargs.synthesis_kwargs.architecture = opts.g_arch
+    if opts.g_channels:
+        args.G_kwargs.synthesis_kwargs.channel_overrides = _parse_g_channels(opts.g_channels)
+        beyond = [r for r in args.G_kwargs.synthesis_kwargs.channel_overrides
+                  if r > args.training_set_kwargs.resolution]
+        if beyond:
+            raise UserError(f'--g-channels names resolution(s) {beyond} above the data resolution '
+                            f'{args.training_set_kwargs.resolution}')
     if opts.sn:
         args.D_kwargs.spectral_norm = True
     if not opts.g_noise:
@@ -485,6 +508,8 @@ def _plugin_options(f):
 @click.option('--d-arch', help='Discriminator architecture', type=click.Choice(['orig', 'skip', 'resnet']))
 @click.option('--g-arch', help='Generator architecture (skip: the image sums every block\'s ToRGB, the default; orig: '
               'only the last block paints it)', type=click.Choice(['orig', 'skip', 'resnet']))
+@click.option('--g-channels', help='Widths of chosen generator blocks, overriding --cbase/--cmax for G only: '
+              '"res:channels,..." (e.g. 32:16)', type=str)
 @click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
 @click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
               default=True, show_default=True)

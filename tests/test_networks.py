@@ -235,6 +235,27 @@ def test_generator_without_noise_inputs_depends_on_z_only():
     assert len(list(G.parameters())) < len(list(small_G().parameters()))
 
 
+def test_channel_overrides_set_chosen_block_widths():
+    """train.py --g-channels: synthesis_kwargs channel_overrides replaces the base/max width of the named blocks
+    only; the next block's input follows; the network runs, trains and pickles."""
+    G = small_G(res=16, channel_overrides={16: 5, 4: 7})
+    widths = {r: getattr(G.synthesis, f'b{r}').conv1.out_channels for r in G.synthesis.block_resolutions}
+    assert widths == {4: 7, 8: 32, 16: 5}
+    assert G.synthesis.b8.conv0.in_channels == 7 and G.synthesis.b16.conv0.in_channels == 32
+    ws = G.mapping(torch.randn([2, G.z_dim]), None)
+    img, feats = G.synthesis(ws, return_features=True)
+    assert img.shape == (2, 3, 16, 16) and feats[16].shape == (2, 5, 16, 16) and feats[4].shape == (2, 7, 4, 4)
+    img.square().mean().backward()
+    assert G.synthesis.b16.conv0.weight.grad.shape == (5, 32, 3, 3)
+    assert G.synthesis.b16.conv1.weight.grad.shape == (5, 5, 3, 3)
+    G2 = pickle.loads(pickle.dumps(G))
+    assert G2.synthesis.b16.conv1.out_channels == 5
+    with pytest.raises(ValueError, match='channel_overrides: 32: 8 must name a block resolution'):
+        small_G(res=16, channel_overrides={32: 8})
+    with pytest.raises(ValueError, match='width >= 1'):
+        small_G(res=16, channel_overrides={8: 0})
+
+
 def test_return_features_and_max_res():
     G = small_G(res=16)
     ws = G.mapping(torch.randn([2, G.z_dim]), None)

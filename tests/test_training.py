@@ -628,6 +628,14 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     res = run_train(['--outdir', str(tmp_path), '-n', '--g-arch=orig'] + TINY, tmp_path)
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
     assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['architecture'] == 'orig'
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-channels=16:6,8:12'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['channel_overrides'] == {'16': 6, '8': 12}
+    assert 'channel_overrides' not in opts['D_kwargs']
+    res = run_train(['--outdir', str(tmp_path), '--g-channels=32:6'] + TINY, tmp_path)
+    assert res.returncode == 1 and 'above the data resolution 16' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '--g-channels=16'] + TINY, tmp_path)
+    assert res.returncode == 2 and 'res:channels' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
     assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)

@@ -547,6 +547,7 @@ class SynthesisNetwork(torch.nn.Module):
                  channel_base=32768,         # Overall multiplier for the number of channels.
                  channel_max=512,            # Maximum number of channels in any layer.
                  num_fp16_res=0,             # Use reduced precision for the N highest resolutions.
+                 channel_overrides=None,     # {resolution: channels}: these blocks' widths instead of base/max.
                  **block_kwargs,             # Arguments for SynthesisBlock.
                  ):
         if img_resolution < 4 or img_resolution & (img_resolution - 1) != 0:
@@ -559,6 +560,11 @@ class SynthesisNetwork(torch.nn.Module):
         self.num_fp16_res = num_fp16_res
         self.block_resolutions = [2 ** i for i in range(2, self.img_resolution_log2 + 1)]
         channels_dict = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        for res, channels in (channel_overrides or {}).items():
+            if int(res) not in channels_dict or int(channels) < 1:
+                raise ValueError(f'channel_overrides: {res}: {channels} must name a block resolution '
+                                 f'{self.block_resolutions} and a width >= 1')
+            channels_dict[int(res)] = int(channels)
         fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
 
         self.num_ws = 0
