@@ -15,6 +15,9 @@ failure and restart unused atoms (the sparse-coding oracle's note in FSR.md 4b e
   atom becomes j's atom plus the same perturbation ('split') or a patch of a real image at the top resolution
   ('data'). The Adam state of row i is copied from row j (so the first steps are scaled like j's), and the EMA
   copies of the generator and the heads get the new rows too.
+* 'missing' (`missing_patch_pairs`) is the restart of dictionary learning: the new atoms are the real patches that
+  the used atoms represent worst (lowest cosine with any used atom), and each one's donor is the used channel whose
+  atom is nearest to it, so the new channel fires where an atom like it is painted now.
 
 Everything random here comes from a generator seeded by the step, so runs resume exactly.
 """
@@ -24,9 +27,11 @@ import torch
 
 from fsr_plugin.wta import wta_mask
 
-__all__ = ['ATOM_MODES', 'SPLIT_NOISE', 'ChannelUsage', 'choose_restarts', 'restart_channels', 'real_patches']
+__all__ = ['ATOM_MODES', 'SPLIT_NOISE', 'ChannelUsage', 'choose_restarts', 'missing_patch_pairs', 'restart_channels',
+           'real_patches']
 
-ATOM_MODES = ('split', 'data')
+ATOM_MODES = ('split', 'data')   # what restart_channels writes into an atom ('missing' is 'data' with chosen pairs)
+DISTINCT_COS = 0.9               # 'missing': patches picked in one event differ by less than this cosine
 SPLIT_NOISE = 0.1  # relative perturbation of a split channel's weights: this many times the donor row's RMS
 
 
@@ -92,6 +97,32 @@ def real_patches(images, kernel_size, bias, num, generator):
     strong = torch.nonzero(norms >= norms.median()).flatten()
     pick = strong[torch.randint(strong.numel(), [int(num)], generator=generator)]
     return windows[pick].clone()
+
+
+def missing_patch_pairs(shares, threshold, max_restarts, atoms, candidates):
+    """Restarts of mode 'missing'. shares [C]: channel usage; atoms [C, img_C, k, k]: the top head's effective
+    atoms; candidates [M, img_C, k, k]: real patches (real_patches). Returns (pairs, patches): up to max_restarts
+    (dead, donor) pairs and their patches [n, img_C, k, k]. The patches are the candidates with the lowest best
+    signed cosine against the used atoms (share >= threshold), taken in that order and skipping any within cosine
+    DISTINCT_COS of one already taken; the dead channels are the least used (choose_restarts' order); each donor is
+    the used channel whose atom has the largest cosine with its patch."""
+    shares = torch.as_tensor(shares, dtype=torch.float64)
+    dead = [d for d, _ in choose_restarts(shares, threshold, shares.numel())]
+    used = [i for i in range(shares.numel()) if float(shares[i]) >= threshold]
+    if not dead or not used:
+        return [], candidates[:0]
+    unit = lambda x: x.flatten(1).double() / x.flatten(1).double().norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa
+    cand, used_atoms = unit(candidates), unit(atoms[used])
+    cos = cand @ used_atoms.T                                                     # [M, used]
+    best, nearest = cos.max(dim=1)
+    taken = []
+    for m in torch.argsort(best).tolist():
+        if len(taken) == min(int(max_restarts), len(dead)):
+            break
+        if all(abs(float(cand[m] @ cand[t])) < DISTINCT_COS for t in taken):
+            taken.append(m)
+    pairs = [(dead[n], used[int(nearest[m])]) for n, m in enumerate(taken)]
+    return pairs, candidates[taken]
 
 
 def _perturbed(row, generator):

@@ -39,7 +39,7 @@ class FSRConfig:
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
-    top_restart_atom: str = 'split'     # a restarted channel's atom: split (the donor's, perturbed) | data (a real patch)
+    top_restart_atom: str = 'split'     # a restarted channel's atom: split (donor's, perturbed) | data | missing
     swd_weight: object = 0.0            # patch sliced-Wasserstein loss weight: float (all levels) or {res: weight}
     swd_patch: int = 3                  # its patch size q
     swd_dirs: int = 64                  # its random directions per level and step
@@ -159,8 +159,9 @@ def cli_options():
         click.option('--fsr-top-restart-max', help='FSR --fsr-top-restart: at most this many channels restarted at '
                      'once', type=click.IntRange(min=1), default=2, show_default=True),
         click.option('--fsr-top-restart-atom', help='FSR --fsr-top-restart: a restarted channel\'s head atom: split = '
-                     'the donor channel\'s atom, perturbed; data = a patch of a real image',
-                     type=click.Choice(['split', 'data']), default='split', show_default=True),
+                     'the donor channel\'s atom, perturbed; data = a patch of a real image; missing = the real patch '
+                     'that the used atoms represent worst, the donor being the used channel with the nearest atom',
+                     type=click.Choice(['split', 'data', 'missing']), default='split', show_default=True),
         click.option('--fsr-swd', help='FSR: weight of the per-level patch sliced-Wasserstein generator loss between '
                      'the head images and the real pyramid: number or "res:w,res:w" (0 = off)', type=str,
                      default='0', show_default=True),

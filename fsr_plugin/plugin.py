@@ -42,6 +42,8 @@ from . import upsampling_disc
 
 UPSAMPLING_DISCRIMINATOR = f'{upsampling_disc.__name__}.UpsamplingDiscriminator'  # class_name for D_kwargs
 
+MISSING_CANDIDATES = 512  # --fsr-top-restart-atom=missing: real patches drawn per restart event
+
 FSR_METRICS = ['fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels']
 
 
@@ -150,15 +152,23 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         gen = channel_restart.restart_generator(self.seed, cur_nimg)
         patches = None
         head = step['modules']['heads'].head(R)
-        if cfg.top_restart_atom == 'data':
+        if cfg.top_restart_atom in ('data', 'missing'):
             if self._last_real is None or self._last_real.shape[-1] != R:
                 return
-            patches = channel_restart.real_patches(self._last_real, head.kernel_size, head.bias, len(pairs), gen)
+            num = len(pairs) if cfg.top_restart_atom == 'data' else MISSING_CANDIDATES
+            patches = channel_restart.real_patches(self._last_real, head.kernel_size, head.bias, num, gen)
+            if cfg.top_restart_atom == 'missing':
+                atoms = head.effective_weight().detach().transpose(0, 1)
+                pairs, patches = channel_restart.missing_patch_pairs(shares, cfg.top_restart_share,
+                                                                     cfg.top_restart_max, atoms, patches)
+                if not pairs:
+                    return
         ema_heads = step['ema_modules'].get('heads')
         channel_restart.restart_channels(
             pairs, getattr(step['G'].synthesis, f'b{R}').conv1, head, optimizer=step['optimizers']['G'],
             conv_ema=getattr(step['G_ema'].synthesis, f'b{R}').conv1,
-            head_ema=ema_heads.head(R) if ema_heads is not None else None, mode=cfg.top_restart_atom,
+            head_ema=ema_heads.head(R) if ema_heads is not None else None,
+            mode='split' if cfg.top_restart_atom == 'split' else 'data',
             patches=patches, generator=gen)
         self._restart['total'] += len(pairs)
         _log(f'FSR: kimg {cur_nimg / 1000:.1f}: {self._restart["used"]} top-level channels in use; restarted '

@@ -60,6 +60,29 @@ def test_choose_restarts_pairs_least_used_with_most_used():
     assert channel_restart.choose_restarts(torch.tensor([1.0, 0, 0, 0]), 0.01, 3) == [(1, 0)]
 
 
+def test_missing_patch_pairs_pick_the_worst_represented_patches_and_nearest_donors():
+    eye = torch.eye(4).reshape(4, 1, 2, 2)                         # four orthogonal unit "atoms" of 1 x 2 x 2
+    atoms = torch.stack([eye[0], eye[1], eye[2], eye[3]])         # channel c paints basis pattern c
+    shares = torch.tensor([0.5, 0.5, 0.0, 0.0])                   # channels 0 and 1 are used, 2 and 3 dead
+    near2 = eye[2] + 0.3 * eye[1]                                  # new pattern, nearest used atom: channel 1
+    near3 = eye[3] + 0.2 * eye[0]                                  # another, nearest used atom: channel 0
+    candidates = torch.stack([2 * eye[0], near3, eye[1], near2, 1.01 * near2, -eye[0]])
+    pairs, patches = channel_restart.missing_patch_pairs(shares, 0.01, 5, atoms, candidates)
+    # Best signed cosine with a used atom: -eye[0] 0 (its nearest is channel 1), near3 0.196, near2 0.287, the rest 1.
+    # Donors: the used atom nearest to each patch.
+    assert len(pairs) == 2  # only two dead channels
+    torch.testing.assert_close(patches, torch.stack([-eye[0], near3]))
+    assert pairs == [(2, 1), (3, 0)]
+    pairs, patches = channel_restart.missing_patch_pairs(shares, 0.01, 1, atoms, candidates[1:5])
+    assert pairs == [(2, 0)] and torch.equal(patches[0], near3)
+    # A patch within DISTINCT_COS of one already taken is skipped: near2 and its copy -> near2, then eye[1].
+    pairs, patches = channel_restart.missing_patch_pairs(shares, 0.01, 2, atoms,
+                                                         torch.stack([near2, 1.01 * near2, eye[1]]))
+    assert pairs == [(2, 1), (3, 1)] and torch.equal(patches[1], eye[1])
+    assert torch.allclose(patches[0] / patches[0].norm(), near2 / near2.norm())
+    assert channel_restart.missing_patch_pairs(torch.ones(4) / 4, 0.01, 2, atoms, candidates)[0] == []
+
+
 def test_real_patches_are_windows_of_the_images_minus_the_bias():
     gen = torch.Generator().manual_seed(0)
     images = torch.randn([3, 3, 6, 6], generator=gen)
@@ -156,7 +179,7 @@ def _restart_plugin(**kw):
     return FSRPlugin(FSRConfig.from_options(restart_options(**kw)), r1_gamma=1.0, seed=0)
 
 
-@pytest.mark.parametrize('atom', ['split', 'data'])
+@pytest.mark.parametrize('atom', ['split', 'data', 'missing'])
 def test_training_run_restarts_dead_channels_and_resumes_exactly(tmp_path, one_thread, capsys, atom):
     a, b = tmp_path / 'a', tmp_path / 'b'
     a.mkdir(), b.mkdir()
