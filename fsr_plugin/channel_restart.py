@@ -22,7 +22,6 @@ failure and restart unused atoms (the sparse-coding oracle's note in FSR.md 4b e
 Everything random here comes from a generator seeded by the step, so runs resume exactly.
 """
 
-import numpy as np
 import torch
 
 from fsr_plugin.wta import wta_mask
@@ -180,4 +179,4 @@ def restart_channels(pairs, conv, head, optimizer=None, conv_ema=None, head_ema=
 
 def restart_generator(seed, cur_nimg):
     """The torch.Generator of the restart at cur_nimg (a function of the run's seed and the step only)."""
-    return torch.Generator().manual_seed(int(np.uint32(int(seed) * 1000003 + int(cur_nimg))))
+    return torch.Generator().manual_seed((int(seed) * 1000003 + int(cur_nimg)) % 2 ** 32)

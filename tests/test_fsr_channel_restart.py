@@ -135,7 +135,7 @@ def test_split_restart_shares_the_donors_sites_and_copies_state():
     assert 0.05 < float(rel.detach()) < 0.2
     assert torch.equal(conv.bias[dead], conv.bias[donor])
     cos = torch.nn.functional.cosine_similarity(head.weight[:, dead].flatten(), old_atom.flatten(), dim=0)
-    assert 0.95 < float(cos) < 1.0
+    assert 0.95 < float(cos.detach()) < 1.0
     # The EMA copies hold the same new rows.
     assert torch.equal(G_ema.synthesis.b8.conv1.weight[dead], conv.weight[dead])
     assert torch.equal(head_ema.weight[:, dead], head.weight[:, dead])
@@ -166,6 +166,13 @@ def test_data_restart_paints_a_real_patch():
         channel_restart.restart_channels([(5, 2)], conv, head, mode='data', patches=None)
     with pytest.raises(ValueError, match='restart mode'):
         channel_restart.restart_channels([(5, 2)], conv, head, mode='zero')
+
+
+def test_restart_generator_depends_on_seed_and_step_only():
+    draw = lambda seed, nimg: torch.rand(3, generator=channel_restart.restart_generator(seed, nimg))  # noqa: E731
+    assert torch.equal(draw(0, 2000), draw(0, 2000))
+    assert not torch.equal(draw(0, 2000), draw(0, 4000)) and not torch.equal(draw(0, 2000), draw(1, 2000))
+    draw(10 ** 6, 25 * 10 ** 6)  # large seeds and image counts wrap instead of overflowing
 
 
 def restart_options(**kw):
