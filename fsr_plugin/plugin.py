@@ -73,7 +73,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self._heads_restored = False  # True once load_state_dict ran (continuing a run: heads come from a snapshot).
         self.usage = None             # --fsr-top-restart: channel_restart.ChannelUsage of the top level
         self._restart = dict(next_nimg=0, total=0, used=0)
-        self._last_real = None        # --fsr-top-restart-atom=data: the last real batch seen
+        self._last_real = None        # --fsr-top-restart-atom=data|missing: the last real batch seen
 
     # ------------------------------------------------------------------------------------------------------------------
 
