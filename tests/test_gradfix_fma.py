@@ -187,6 +187,9 @@ def test_no_weight_gradients_double_backward(monkeypatch, transpose):
 
 
 def test_plain_path_when_not_enabled_or_not_disabled(monkeypatch):
+    # The training loop turns the module switch on for the whole process; a loop run earlier in this worker must not
+    # decide what this test sees.
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', False)
     x, w, b = _conv_inputs(1)
     with conv2d_gradfix.no_weight_gradients():  # enabled is False: native op
         y = conv2d_gradfix.conv2d(x, w, b, padding=1)
