@@ -68,7 +68,6 @@ class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit code 1."""
 
 
-
 def _parse_g_channels(text):
     """'32:16,16:64' -> {32: 16, 16: 64} (block resolution: output channels of G's block)."""
     out = {}
@@ -83,6 +82,7 @@ def _parse_g_channels(text):
                                      param_hint='--g-channels')
         out[res] = channels
     return out
+
 
 def _parse_comma_list(s):
     if s is None or s.lower() == 'none' or s == '':

@@ -24,7 +24,7 @@ Everything random here comes from a generator seeded by the step, so runs resume
 
 import torch
 
-from fsr_plugin.wta import wta_mask
+from fsr_plugin.wta import painted_mass
 
 __all__ = ['ATOM_MODES', 'SPLIT_NOISE', 'ChannelUsage', 'choose_restarts', 'missing_patch_pairs', 'restart_channels',
            'real_patches']
@@ -47,9 +47,7 @@ class ChannelUsage:
         """s: top-level features [N, C, H, W] of one generator pass."""
         if s.ndim != 4 or s.shape[1] != self.mass.numel():
             raise ValueError(f'ChannelUsage: features must be [N, {self.mass.numel()}, H, W], got {list(s.shape)}')
-        s = s.detach().float()
-        s = s * wta_mask(s, self.window).to(s.dtype) if self.window else s.abs()
-        self.mass += s.double().sum(dim=(0, 2, 3)).cpu()
+        self.mass += painted_mass(s, self.window)
 
     def shares(self):
         """float64 [C]: each channel's share of the total (all 0 when nothing was painted)."""
@@ -76,10 +74,9 @@ def choose_restarts(shares, threshold, max_restarts):
     shares = torch.as_tensor(shares, dtype=torch.float64)
     if float(shares.sum()) <= 0:
         return []
-    order = sorted(range(shares.numel()), key=lambda i: (float(shares[i]), i))
-    dead = [i for i in order if float(shares[i]) < threshold]
-    used = [i for i in reversed(order) if float(shares[i]) >= threshold]
-    used.sort(key=lambda i: (-float(shares[i]), i))
+    values = shares.tolist()
+    dead = sorted((i for i, v in enumerate(values) if v < threshold), key=lambda i: (values[i], i))
+    used = sorted((i for i, v in enumerate(values) if v >= threshold), key=lambda i: (-values[i], i))
     n = min(int(max_restarts), len(dead), len(used))
     return list(zip(dead[:n], used[:n]))
 

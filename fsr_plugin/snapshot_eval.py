@@ -27,7 +27,7 @@ import dnnlib
 import legacy
 from fsr_plugin import fsr_metrics
 from fsr_plugin import pyramid as fsr_pyramid
-from fsr_plugin.wta import wta_mask
+from fsr_plugin.wta import painted_mass
 from metrics import metric_main
 from metrics.metric_utils import isolated_rng
 
@@ -251,12 +251,8 @@ def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
         ws = G.mapping(z, c)
         _, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=True)
         s = feats[R].float()
-        if getattr(head, 'wta', 0):
-            s = s * wta_mask(s, head.wta, getattr(head, 'wta_jitter', 0.0),
-                             torch.Generator(device=s.device).manual_seed(int(seed) + 1)).to(s.dtype)
-        else:
-            s = s.abs()
-        mass = s.double().sum(dim=(0, 2, 3)).cpu()
+        mass = painted_mass(s, getattr(head, 'wta', 0), getattr(head, 'wta_jitter', 0.0),
+                            torch.Generator(device=s.device).manual_seed(int(seed) + 1))
     total = float(mass.sum())
     return mass / total if total > 0 else mass
 

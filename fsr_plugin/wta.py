@@ -21,7 +21,7 @@ pass, so the gradient reaches the winners only (as in k-sparse autoencoders).
 import torch
 import torch.nn.functional as F
 
-__all__ = ['winner_take_all', 'wta_mask']
+__all__ = ['painted_mass', 'winner_take_all', 'wta_mask']
 
 
 def wta_mask(s, window=1, jitter=0.0, generator=None):
@@ -57,3 +57,11 @@ def winner_take_all(s, window=1, jitter=0.0, generator=None):
     """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator) set to 0 (same dtype and
     shape)."""
     return s * wta_mask(s, window, jitter, generator).to(s.dtype)
+
+
+def painted_mass(s, window=0, jitter=0.0, generator=None):
+    """s [N, C, H, W] -> float64 [C] on the CPU: each channel's summed values at the entries that a head with this
+    winner-take-all window keeps (wta_mask with jitter and generator); window 0 = no selection, absolute values."""
+    s = s.detach().float()
+    s = s * wta_mask(s, window, jitter, generator).to(s.dtype) if window else s.abs()
+    return s.double().sum(dim=(0, 2, 3)).cpu()

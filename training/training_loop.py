@@ -442,6 +442,11 @@ def training_loop(
 
     if schedule is None:
         update_lr_multipliers(None)
+    # What after_step gets besides the counters: the same objects for the whole run.
+    step_handles = dict(G=G, D=D, G_ema=G_ema, modules={name: em.module for name, em in extras.items()},
+                        ema_modules=extras_ema,
+                        optimizers={side: next(ph.opt for ph in phases if ph.name.startswith(side))
+                                    for side in ('G', 'D')})
 
     while True:
         # Progressive growing stage.
@@ -523,10 +528,7 @@ def training_loop(
         cur_nimg += batch_size
         batch_idx += 1
         if hooks:
-            hooks.after_step(dict(cur_nimg=cur_nimg, batch_idx=batch_idx, G=G, D=D, G_ema=G_ema,
-                                  modules={name: em.module for name, em in extras.items()}, ema_modules=extras_ema,
-                                  optimizers={side: next(ph.opt for ph in phases if ph.name.startswith(side))
-                                              for side in ('G', 'D')}))
+            hooks.after_step(dict(step_handles, cur_nimg=cur_nimg, batch_idx=batch_idx))
 
         # Execute ADA heuristic.
         if ada_signs is not None and (batch_idx % ada_interval == 0):
