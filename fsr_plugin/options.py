@@ -36,6 +36,7 @@ class FSRConfig:
     head_gain: bool = False             # every head learns one scalar gain of its atoms
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
+    top_wta_st: float = 0.0             # share of the gradient its losers get (straight-through; 0 = winners only)
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -87,6 +88,7 @@ class FSRConfig:
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             top_wta=int(opts.get('fsr_top_wta') or 0),
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
+            top_wta_st=float(opts.get('fsr_top_wta_st') or 0.0),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -149,6 +151,10 @@ def cli_options():
                      'plus this many of their standard deviations of Gaussian noise, as the synthetic teacher does '
                      '(more, and randomly placed, sites)', type=click.FloatRange(min=0), default=0.0,
                      show_default=True),
+        click.option('--fsr-top-wta-st', help='FSR --fsr-top-wta: the channels that lose the selection get this '
+                     'share of their gradient (straight-through; the images are unchanged), so a channel that stopped '
+                     'winning can win again where its atom is needed (0 = winners only)',
+                     type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
                      'since the last restart, each from one of the most used channels (split; 0 = off)',

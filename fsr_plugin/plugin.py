@@ -82,7 +82,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.G, self.D = G, D
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
                                                init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta,
-                                               head_gain=cfg.head_gain, top_wta_jitter=cfg.top_wta_jitter)
+                                               head_gain=cfg.head_gain, top_wta_jitter=cfg.top_wta_jitter,
+                                               top_wta_straight_through=cfg.top_wta_st)
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -448,6 +449,9 @@ def update_training_options(c, options):
         raise click.UsageError(f'--fsr-top-restart needs --fsr-top-wta >= 1 (it restarts channels that do not win '
                                f'the selection) and --fsr-main-d=head (it changes channels that G\'s own image '
                                f'sums), got --fsr-top-wta={cfg.top_wta} --fsr-main-d={cfg.main_d}')
+    if cfg.top_wta_st > 0 and cfg.top_wta < 1:
+        raise click.UsageError(f'--fsr-top-wta-st needs --fsr-top-wta >= 1 (a selection with losers), got '
+                               f'--fsr-top-wta={cfg.top_wta}')
     if cfg.top_wta_jitter > 0 and cfg.top_wta < 3:
         raise click.UsageError(f'--fsr-top-wta-jitter needs --fsr-top-wta >= 3 (a suppression window), got '
                                f'--fsr-top-wta={cfg.top_wta}')

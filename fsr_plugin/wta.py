@@ -15,7 +15,10 @@ level kept 0.05-0.36 sites per 3x3 neighbourhood where the teacher has 0.90), so
 noise to the learner's winning values for the suppression only.
 
 The kept entries pass through unchanged; all others become 0. The selection is a constant mask in the backward
-pass, so the gradient reaches the winners only (as in k-sparse autoencoders).
+pass, so the gradient reaches the winners only (as in k-sparse autoencoders). A channel that stops winning then
+gets no gradient and cannot win again, whatever its atom (a dead channel). `straight_through=b` passes b times the
+gradient to the losers as well (the forward value is unchanged): a loser's feature then moves as if it painted its
+atom there, up where adding that atom would lower the loss, so a channel whose atom the data needs can win again.
 """
 
 import torch
@@ -53,10 +56,18 @@ def wta_mask(s, window=1, jitter=0.0, generator=None):
     return mask
 
 
-def winner_take_all(s, window=1, jitter=0.0, generator=None):
+def winner_take_all(s, window=1, jitter=0.0, generator=None, straight_through=0.0):
     """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator) set to 0 (same dtype and
-    shape)."""
-    return s * wta_mask(s, window, jitter, generator).to(s.dtype)
+    shape). straight_through b >= 0: in the backward pass the entries set to 0 get b times their incoming gradient
+    (the kept ones get all of it); b = 0 is the plain selection."""
+    b = float(straight_through)
+    if b < 0:
+        raise ValueError(f'winner_take_all: straight_through must be >= 0, got {straight_through!r}')
+    keep = wta_mask(s, window, jitter, generator).to(s.dtype)
+    out = s * keep
+    if b > 0:
+        out = out + b * (s - s.detach()) * (1 - keep)
+    return out
 
 
 def painted_mass(s, window=0, jitter=0.0, generator=None):

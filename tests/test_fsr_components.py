@@ -315,6 +315,24 @@ def test_winner_take_all_gradient_reaches_winners_only():
         wta.winner_take_all(b[0], 1)
 
 
+def test_winner_take_all_straight_through_passes_a_share_of_the_gradient_to_losers():
+    torch.manual_seed(3)
+    a = torch.randn([2, 4, 6, 6], dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn([2, 4, 6, 6], dtype=torch.float64)
+    keep = wta.wta_mask(a, 3).double()
+    for b in (0.0, 0.25, 1.0):
+        out = wta.winner_take_all(a, 3, straight_through=b)
+        torch.testing.assert_close(out, a * keep, rtol=0, atol=0)  # the images do not change
+        (grad,) = torch.autograd.grad((out * upstream).sum(), a)
+        # Winners get all of their gradient, every other entry b of it (hand-written from the definition).
+        torch.testing.assert_close(grad, upstream * (keep + b * (1 - keep)))
+    assert 0 < keep.mean() < 0.5  # both kinds of entry are tested
+    # By design this is not the derivative of the forward value (gradcheck would fail for b > 0): the losers'
+    # share is a surrogate, like a straight-through estimator.
+    with pytest.raises(ValueError, match='straight_through must be >= 0'):
+        wta.winner_take_all(a, 3, straight_through=-0.1)
+
+
 def test_winner_take_all_jitter_matches_loops_on_the_jittered_scores():
     """With jitter the suppression runs on best + jitter * std(best per image) * noise; the kept values are the
     unjittered winners. Reproduced with the same generator and the loops above."""
@@ -376,6 +394,20 @@ def test_top_wta_head_paints_one_atom_per_winner_and_survives_pickle():
     assert pickle.loads(pickle.dumps(jittered)).head(8).wta_jitter == 0.5
     with pytest.raises(ValueError, match='wta_jitter'):
         heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta=1, top_wta_jitter=0.5)
+    # Straight-through losers: same images, the top head's losing features get a share of the gradient.
+    st = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3, top_wta=3, top_wta_straight_through=0.5)
+    st.load_state_dict(heads.state_dict())
+    assert st.head(8).wta_straight_through == 0.5 and st.head(4).wta_straight_through == 0
+    f8 = feats[8].clone().requires_grad_(True)
+    torch.testing.assert_close(st({8: f8})[8], out[8], rtol=0, atol=0)
+    (g_st,) = torch.autograd.grad(st({8: f8})[8].square().sum(), f8)
+    (g_plain,) = torch.autograd.grad(heads({8: f8})[8].square().sum(), f8)
+    losers = ~wta.wta_mask(feats[8], 3)
+    assert torch.equal(g_plain[losers], torch.zeros_like(g_plain[losers])) and g_st[losers].abs().sum() > 0
+    torch.testing.assert_close(g_st[~losers], g_plain[~losers])
+    assert pickle.loads(pickle.dumps(st)).head(8).wta_straight_through == 0.5
+    with pytest.raises(ValueError, match='wta_straight_through'):
+        heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta=0, top_wta_straight_through=0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
