@@ -1,0 +1,105 @@
+"""What the atoms that an FSR snapshot paints with are, and how much of its top-level covariance gap they explain.
+
+For a snapshot trained on fsr-synthetic data with a top head (`--fsr-head-kernel=3`), it prints one line per used
+channel (at least --min-usage of what the top level paints, `snapshot_eval.top_channel_usage`, G_ema with random
+noise): its share, the nearest teacher atom, the nearest one-pixel shift of a teacher atom and the nearest
+non-negative blend of two teacher atoms, with their cosines (`fsr_plugin.atom_anatomy`), and which teacher atoms no
+used channel reaches at cosine 0.9.
+
+Then a counterfactual: the teacher draws new images with its own codes, but paints every teacher atom with the used
+learned atom that the Hungarian matching pairs it with (unit norm, as the teacher's atoms). The 3x3 patch-covariance
+gap of those images against the teacher's own images, over its floor (two disjoint teacher samples), is the part of
+the top level's covariance gap that the atoms alone would cause if the codes were perfect.
+
+    python bench/fsr_used_atoms.py runs/.../network-snapshot-000040.pkl
+"""
+import os
+import sys
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dnnlib  # noqa: E402
+from fsr_plugin import atom_anatomy, diagnostics, matching  # noqa: E402
+from fsr_plugin import snapshot_eval as se  # noqa: E402
+from fsr_plugin.synthetic import _PATTERN_NAMES  # noqa: E402
+
+
+def atom_names(num):
+    """Names of the synthetic teacher's atoms: pattern and colour direction, e.g. 'flat0', 'vstep2'."""
+    short = {'flat': 'flat', 'vertical-step': 'vstep', 'horizontal-step': 'hstep'}
+    return [f'{short[_PATTERN_NAMES[k % 3]]}{k // 3}' for k in range(num)]
+
+
+def painted_with(teacher, atoms, num, seed):
+    """The teacher's images [num, 3, R, R] (float64) for image stream `seed`, its codes painted with `atoms`
+    [K, 3, 3, 3] (None: its own atoms)."""
+    codes = teacher.sample(num, seed=seed)['top_codes'].double()
+    atoms = teacher.atoms.double() if atoms is None else torch.as_tensor(atoms, dtype=torch.float64)
+    return F.conv_transpose2d(codes, atoms, padding=1) * teacher.image_gain
+
+
+def counterfactual_gap(teacher, learned_atoms, num=500):
+    """Covariance gap ratio (gap_2 / floor_2 at the top level) of the teacher painted with `learned_atoms` [K, 3, 3, 3]
+    (row k replaces teacher atom k), against its own images; and the same for the teacher itself (about 1). Both
+fakes use the codes of image stream 2, the reference stream 0 and the floor stream 1."""
+    ref, other = painted_with(teacher, None, num, 0), painted_with(teacher, None, num, 1)
+    own = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, num, 2))
+    swapped = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, learned_atoms, num, 2))
+    return swapped['ratio_2'], own['ratio_2']
+
+
+@click.command()
+@click.argument('snapshot')
+@click.option('--num', help='Generated images for the channel usage', type=click.IntRange(min=1), default=256,
+              show_default=True)
+@click.option('--min-usage', help='A channel is used from this share of the top level on', type=float, default=0.01,
+              show_default=True)
+@click.option('--images', help='Teacher images per sample in the counterfactual', type=click.IntRange(min=10),
+              default=500, show_default=True)
+def main(snapshot, num, min_usage, images):
+    """Print the used atoms of SNAPSHOT in terms of the synthetic teacher's atoms."""
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    snap = se.Snapshot(snapshot)
+    R = int(snap.G.img_resolution)
+    learned = snap.head_atoms(R)
+    if learned is None or learned.shape[-1] != 3:
+        raise click.UsageError(f'{snapshot}: needs a 3x3 top head (--fsr-head-kernel=3)')
+    kwargs = snap.training_set_kwargs or {}
+    teacher = getattr(dnnlib.util.construct_class_by_name(**dict(kwargs)), 'teacher', None) if kwargs else None
+    if teacher is None:
+        raise click.UsageError(f'{snapshot}: not trained on fsr-synthetic data (no teacher to compare with)')
+    names = atom_names(teacher.top_atoms)
+    usage = se.top_channel_usage(snap, num, seed=0).numpy()
+    rows = atom_anatomy.explain_atoms(learned, teacher.atoms, usage=usage, min_usage=min_usage)
+    print(f'{snapshot}: {len(rows)} used channels (>= {min_usage:.0%} of the top level)')
+    print('channel  share  nearest atom     nearest shift          nearest blend of two                 kind')
+    for row in rows:
+        k, c = row['nearest']
+        s_k, dy, dx, s_c = row['shifted']
+        b_c, i, j, w_i, w_j = row['blend']
+        blend = f'{w_i:.2f} {names[i]} + {w_j:.2f} {names[j]}' if i >= 0 else '-'
+        print(f'{row["index"]:7d} {row["usage"]:6.1%}  {names[k]:7s} {c:.3f}  {names[s_k]:6s} ({dy:+d},{dx:+d}) {s_c:.3f}'
+              f'   {blend:28s} {b_c:.3f}   {row["kind"]}')
+    covered = sorted({r['nearest'][0] for r in rows if r['nearest'][1] >= 0.9})
+    print('teacher atoms reached at cos >= 0.9:', ' '.join(names[k] for k in covered) or '-')
+    print('missed:', ' '.join(names[k] for k in range(len(names)) if k not in covered) or '-')
+    used = np.array([r['index'] for r in rows], dtype=np.int64)
+    if len(used):
+        match = matching.atom_recovery(teacher.atoms, learned[torch.from_numpy(used)])
+        swap = np.zeros(tuple(teacher.atoms.shape))  # a teacher atom with no used partner is not painted
+        for k, j in enumerate(match['partner']):
+            if j >= 0:
+                a = learned[used[j]].numpy()
+                swap[k] = a / max(np.linalg.norm(a), 1e-12)
+        ratio, own = counterfactual_gap(teacher, swap, num=images)
+        print(f'teacher painted with the matched used atoms: top-level gap_2 / floor {ratio:.2f} '
+              f'(the teacher itself: {own:.2f}; {images} images per sample)')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
