@@ -429,6 +429,8 @@ def _learned_top_atoms(snap):
             padded = torch.zeros([atoms.shape[0], atoms.shape[1], 3, 3], dtype=torch.float64)
             padded[:, :, 1, 1] = atoms[:, :, 0, 0]
             return [('FSR head (1x1, centred in 3x3)', padded, 'ceiling')]
+        if k > 3:
+            return [(f'FSR head ({k}x{k})', atoms, f'{k}x{k} atoms: each 3x3 teacher atom at its best placement')]
         return [(f'FSR head ({k}x{k})', None, f'head kernel {k} cannot be compared with 3x3 atoms')]
     return [('ToRGB (1x1, centred in 3x3)', se.torgb_atoms_3x3(snap.G, R), 'ceiling'),
             ('conv1∘ToRGB (3x3, linearised)', se.composed_host_atoms(snap.G, R), '')]
@@ -495,11 +497,11 @@ def synthetic(**params):
             if learned is not None:
                 rec = matching.atom_recovery(teacher.atoms, learned, params['threshold'])
                 floor = oracle_lib.random_floor(teacher.atoms, num_atoms=int(learned.shape[0]), seed=0,
-                                                threshold=params['threshold'])
+                                                threshold=params['threshold'], atom_shape=learned.shape[1:])
                 entry.update(num_atoms=int(learned.shape[0]), recovered=rec['recovered'], fraction=rec['fraction'],
                              mean_matched_cos=rec['mean_matched_cos'], per_atom_cos=rec['cos'].tolist(),
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
-                if source == 'FSR head':
+                if source == 'FSR head' or (source.startswith('FSR head') and learned.shape[-1] > 3):
                     entry.update(used_atom_recovery(snap, teacher.atoms, learned, params['threshold'], sizes.seed, rec))
             entries.append(entry)
         atoms[run.name] = entries
@@ -570,7 +572,7 @@ def synthetic(**params):
                          fmt_spread([v['used_recovered'] for v in vals]) + f' / {K}' if used else 'n/a',
                          fmt_spread([v['used_mean_matched_cos'] for v in vals]) if used else 'n/a',
                          fmt_spread([v['floor_mean_matched_cos'] for v in vals]),
-                         'at most the centre-tap share (below)' if first['note'] == 'ceiling' else ''])
+                         'at most the centre-tap share (below)' if first['note'] == 'ceiling' else first['note']])
     if oracle_results:
         rows.append(['oracle', f'sparse coding, {params["oracle_steps"]} steps', params['oracle_atoms'],
                      fmt_spread([o['recovered'] for o in oracle_results]) + f' / {K}',

@@ -12,7 +12,7 @@ teacher atom scores cosine -1.
 import numpy as np
 import scipy.optimize
 
-__all__ = ['match_filters', 'atom_recovery']
+__all__ = ['match_filters', 'placed_atom_cosines', 'atom_recovery']
 
 _EPS = 1e-12
 
@@ -65,8 +65,46 @@ def match_filters(a, b, threshold=0.5):
     )
 
 
+def _as_atoms(x, what):
+    if hasattr(x, 'detach'):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 4:
+        raise ValueError(f'{what}: expected atoms [N, C, k, k], got shape {list(x.shape)}')
+    return x
+
+
+def placed_atom_cosines(teacher_atoms, learned_atoms):
+    """Signed cosines [K, M] between teacher atoms [K, C, k, k] and larger learned atoms [M, C, k', k'] (k' >= k):
+    the teacher atom is zero-padded to k' x k' at every placement and the best placement counts. A learned atom
+    that is a teacher atom placed anywhere in its window scores 1; energy outside the teacher atom's placement
+    lowers the cosine as any other difference does. This is how a k' x k' head (e.g. `--fsr-head-kernel=4`) paints
+    a k x k atom: the site it paints from may sit anywhere relative to the atom."""
+    t = _as_atoms(teacher_atoms, 'placed_atom_cosines: teacher_atoms')
+    a = _as_atoms(learned_atoms, 'placed_atom_cosines: learned_atoms')
+    (kh, kw), (lh, lw) = t.shape[2:], a.shape[2:]
+    if t.shape[1] != a.shape[1] or lh < kh or lw < kw:
+        raise ValueError(f'placed_atom_cosines: learned atoms {list(a.shape[1:])} must have the teacher atoms\' '
+                         f'channels and be at least as large as {list(t.shape[1:])}')
+    t_rows = _normalise_rows(t.reshape(len(t), -1)).reshape(t.shape)
+    a_unit = _normalise_rows(a.reshape(len(a), -1)).reshape(a.shape)
+    best = np.full((len(t), len(a)), -np.inf)
+    for dy in range(lh - kh + 1):
+        for dx in range(lw - kw + 1):
+            window = a_unit[:, :, dy:dy + kh, dx:dx + kw].reshape(len(a), -1)  # only the placed part meets t
+            best = np.maximum(best, t_rows.reshape(len(t), -1) @ window.T)
+    return best
+
+
+def _larger_atoms(teacher_atoms, learned_atoms):
+    t, a = np.shape(teacher_atoms), np.shape(learned_atoms)
+    return len(t) == 4 and len(a) == 4 and tuple(a[2:]) != tuple(t[2:])
+
+
 def atom_recovery(teacher_atoms, learned_atoms, threshold=0.9):
     """How many teacher atoms [K, ...] are recovered by learned atoms [M, ...] (one-to-one, signed cosine).
+    Learned atoms [M, C, k', k'] larger than the teacher's [K, C, k, k] are compared at their best placement
+    (`placed_atom_cosines`).
 
     With M >= K every teacher atom gets a partner; with M < K the unmatched teacher atoms count as cosine 0.
     Returns a dict:
@@ -76,7 +114,12 @@ def atom_recovery(teacher_atoms, learned_atoms, threshold=0.9):
         cos:              float64 [K] matched cosine per teacher atom (teacher order).
         partner:          int64 [K] index of the matched learned atom (-1 when unmatched).
     """
-    result = match_filters(teacher_atoms, learned_atoms)
+    if _larger_atoms(teacher_atoms, learned_atoms):
+        cos = placed_atom_cosines(teacher_atoms, learned_atoms)
+        rows, cols = scipy.optimize.linear_sum_assignment(cos, maximize=True)
+        result = dict(cos=cos, rows=rows, cols=cols, matched_cos=cos[rows, cols])
+    else:
+        result = match_filters(teacher_atoms, learned_atoms)
     num_teacher = result['cos'].shape[0]
     per_atom = np.zeros(num_teacher, dtype=np.float64)
     partner = np.full(num_teacher, -1, dtype=np.int64)

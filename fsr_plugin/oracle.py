@@ -197,11 +197,12 @@ def _restart_atoms(atoms, energy, residual, gen, min_usage=0.25, max_cos=0.6):
     return int(idx.numel())
 
 
-def random_floor(teacher_atoms, num_atoms=20, trials=20, seed=0, threshold=0.9):
+def random_floor(teacher_atoms, num_atoms=20, trials=20, seed=0, threshold=0.9, atom_shape=None):
     """Recovery of randomly initialised atoms (the floor): dict(mean_matched_cos, recovered) averaged over
-    `trials` draws of `num_atoms` Gaussian unit-norm atoms shaped like teacher_atoms [K, C, 3, 3]."""
+    `trials` draws of `num_atoms` Gaussian unit-norm atoms shaped like teacher_atoms [K, C, 3, 3] (or [C, k, k] =
+    atom_shape, for a learner with larger atoms, compared at their best placement)."""
     gen = torch.Generator().manual_seed(int(seed))
-    shape = list(torch.as_tensor(teacher_atoms).shape[1:])
+    shape = list(torch.as_tensor(teacher_atoms).shape[1:]) if atom_shape is None else [int(v) for v in atom_shape]
     results = [atom_recovery(teacher_atoms, torch.randn([num_atoms] + shape, generator=gen), threshold)
                for _ in range(int(trials))]
     return dict(mean_matched_cos=float(np.mean([r['mean_matched_cos'] for r in results])),

@@ -568,3 +568,25 @@ def test_used_atom_recovery_ignores_atoms_that_paint_nothing():
     assert out['partner_share'][0] == 0 and out['partner_share'][1] == pytest.approx(15 / 17)
     # Unmatched teacher atoms count as cosine 0 in the mean.
     assert out['used_mean_matched_cos'] == pytest.approx(np.mean(out['used_per_atom_cos']))
+
+
+def test_learned_top_atoms_compares_larger_head_atoms_at_their_best_placement():
+    class _Heads:
+        resolutions = [16, 32]
+
+    class _Snap:
+        G = type('G', (), {'img_resolution': 32})()
+        heads = _Heads()
+
+        def __init__(self, k):
+            self.atoms = torch.zeros([5, 3, k, k], dtype=torch.float64)
+
+        def head_atoms(self, r):
+            return self.atoms
+
+    (source, atoms, note), = experiments._learned_top_atoms(_Snap(5))
+    assert source == 'FSR head (5x5)' and atoms.shape == (5, 3, 5, 5) and 'best placement' in note
+    (source, atoms, note), = experiments._learned_top_atoms(_Snap(3))
+    assert source == 'FSR head' and note == ''
+    (source, atoms, note), = experiments._learned_top_atoms(_Snap(2))
+    assert atoms is None and 'cannot be compared' in note

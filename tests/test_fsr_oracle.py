@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsr_plugin.matching import atom_recovery, match_filters
+from fsr_plugin.matching import atom_recovery, match_filters, placed_atom_cosines
 from fsr_plugin.oracle import fit_dictionary, lipschitz_constant, random_floor, run_oracle, sparse_codes
 from fsr_plugin.synthetic import FSRTeacher, structured_atoms
 
@@ -100,6 +100,35 @@ def test_atom_recovery_with_fewer_learned_atoms_counts_unmatched_as_zero():
 
 
 # -- oracle building blocks -----------------------------------------------------------------------------------------
+
+def test_larger_learned_atoms_are_compared_at_the_best_placement():
+    gen = torch.Generator().manual_seed(4)
+    teacher = torch.randn([3, 3, 3, 3], generator=gen, dtype=torch.float64)
+    learned = torch.zeros([4, 3, 5, 5], dtype=torch.float64)
+    learned[0, :, 2:5, 0:3] = 2 * teacher[1]                 # teacher atom 1 in the bottom-left corner, scaled
+    learned[1, :, 1:4, 1:4] = teacher[0]                     # atom 0 centred, plus energy outside its placement
+    learned[1, :, 0, 0] = 0.5
+    learned[2, :, 0:3, 2:5] = -teacher[2]                    # the negation of atom 2: signed, so cosine -1
+    learned[3] = torch.randn([3, 5, 5], generator=gen, dtype=torch.float64)
+    cos = placed_atom_cosines(teacher, learned)
+    assert cos.shape == (3, 4)
+    assert cos[1, 0] == pytest.approx(1.0)
+    extra = 3 * 0.25  # the three channels' outside taps
+    assert cos[0, 1] == pytest.approx(teacher[0].norm().item() / math.sqrt(teacher[0].square().sum().item() + extra))
+    assert cos[2, 2] < 0.9  # a negated atom is no match at any placement
+    # A brute-force check of one entry: every placement of the padded teacher atom.
+    best = max(float(F.pad(teacher[0], (dx, 2 - dx, dy, 2 - dy)).flatten() @ learned[3].flatten()
+                     / (teacher[0].norm() * learned[3].norm())) for dy in range(3) for dx in range(3))
+    assert cos[0, 3] == pytest.approx(best)
+    rec = atom_recovery(teacher, learned, threshold=0.9)
+    assert rec['recovered'] == 2 and list(rec['partner'][:2]) == [1, 0]
+    # Same-size atoms: one placement, the plain cosine.
+    np.testing.assert_allclose(placed_atom_cosines(teacher, teacher), match_filters(teacher, teacher)['cos'])
+    with pytest.raises(ValueError, match='at least as large'):
+        placed_atom_cosines(learned, teacher)
+    floor = random_floor(teacher, num_atoms=8, atom_shape=[3, 5, 5], trials=5)
+    assert 0 < floor['mean_matched_cos'] < 0.9 and floor['recovered'] == 0
+
 
 def test_lipschitz_constant_bounds_the_operator_norm():
     atoms = torch.randn(5, 3, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
