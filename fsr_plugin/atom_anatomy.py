@@ -78,7 +78,7 @@ def explain_atoms(learned, teacher, usage=None, min_usage=0.0):
     """learned [A, C, k, k], teacher [K, C, k, k] (and optionally usage [A], each learned atom's share of what the
     top level paints) -> one dict per learned atom with usage >= min_usage (all when usage is None), most used first:
     index, usage, nearest (teacher index, cosine), shifted (teacher index, dy, dx, cosine) over `shifted_atoms`,
-    blend (cosine, i, j, w_i, w_j) from `best_blend`, and kind: 'atom' when the nearest cosine is >= 0.9, else
+    blend (cosine, i, j, w_i, w_j) from `best_blend` on the unit-norm learned atom, and kind: 'atom' when the nearest cosine is >= 0.9, else
     'shifted' or 'blend' when that explanation reaches 0.9 (the higher one wins), else 'other'."""
     a = _rows(learned)
     t = _rows(teacher)
@@ -100,7 +100,7 @@ def explain_atoms(learned, teacher, usage=None, min_usage=0.0):
         cos_t = t_rows @ a_rows[idx]
         cos_s = s_rows @ a_rows[idx]
         k, s = int(np.argmax(cos_t)), int(np.argmax(cos_s))
-        blend = best_blend(a[idx], t)
+        blend = best_blend(a_rows[idx].reshape(a.shape[1:]), t)  # unit atom: weights in teacher-atom units
         if cos_t[k] >= 0.9:
             kind = 'atom'
         elif max(cos_s[s], blend[0]) >= 0.9:
