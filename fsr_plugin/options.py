@@ -37,6 +37,7 @@ class FSRConfig:
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
     top_wta_st: float = 0.0             # share of the gradient its losers get (straight-through; 0 = winners only)
+    atom_centre: float = 0.0            # weight of the centring prior on the top head's atoms (0 = off)
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -89,6 +90,7 @@ class FSRConfig:
             top_wta=int(opts.get('fsr_top_wta') or 0),
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
             top_wta_st=float(opts.get('fsr_top_wta_st') or 0.0),
+            atom_centre=float(opts.get('fsr_atom_centre') or 0.0),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -155,6 +157,9 @@ def cli_options():
                      'share of their gradient (straight-through; the images are unchanged), so a channel that stopped '
                      'winning can win again where its atom is needed (0 = winners only)',
                      type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-atom-centre', help='FSR heads with kernel >= 2: weight of a prior that pulls the energy '
+                     'centroid of every top-head atom to the middle of its window (sum over atoms of the squared '
+                     'offset in pixels; 0 = off)', type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
                      'since the last restart, each from one of the most used channels (split; 0 = off)',

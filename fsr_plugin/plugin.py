@@ -27,6 +27,7 @@ from torch_utils.ops import upfirdn2d
 from training import hooks as hooks_lib
 from training import networks
 
+from . import atom_centring
 from . import channel_restart
 from . import fsr_metrics
 from . import patch_moment_loss
@@ -298,6 +299,10 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                         training_stats.report(f'FSR/{name}', value)
                     if penalties:
                         terms['sparsity'] = sum(penalties.values())
+                if cfg.atom_centre > 0:
+                    penalty = atom_centring.centring_penalty(self.heads.atoms(R))
+                    training_stats.report('FSR/atom_centre', penalty)
+                    terms['atom_centre'] = cfg.atom_centre * penalty
                 if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.moment_weights:
@@ -449,6 +454,9 @@ def update_training_options(c, options):
         raise click.UsageError(f'--fsr-top-restart needs --fsr-top-wta >= 1 (it restarts channels that do not win '
                                f'the selection) and --fsr-main-d=head (it changes channels that G\'s own image '
                                f'sums), got --fsr-top-wta={cfg.top_wta} --fsr-main-d={cfg.main_d}')
+    if cfg.atom_centre > 0 and cfg.head_kernel < 2:
+        raise click.UsageError(f'--fsr-atom-centre needs atoms with a window (--fsr-head-kernel >= 2), got '
+                               f'--fsr-head-kernel={cfg.head_kernel}')
     if cfg.top_wta_st > 0 and cfg.top_wta < 1:
         raise click.UsageError(f'--fsr-top-wta-st needs --fsr-top-wta >= 1 (a selection with losers), got '
                                f'--fsr-top-wta={cfg.top_wta}')

@@ -89,7 +89,8 @@ def test_train_cli_fsr_run(tmp_path):
     res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-relu=1',
                                                           '--fsr-sparsity-weight=0.01', '--fsr-top-wta=3',
                                                           '--fsr-head-gain=1', '--fsr-top-wta-jitter=0.5',
-                                                          '--fsr-top-wta-st=0.1'], tmp_path)
+                                                          '--fsr-top-wta-st=0.1', '--fsr-head-kernel=3',
+                                                          '--fsr-atom-centre=1'], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
     assert run_dir.endswith('-fsr')
@@ -104,7 +105,10 @@ def test_train_cli_fsr_run(tmp_path):
     assert [heads.head(r).wta for r in heads.resolutions] == [0, 0, 3]  # 4, 8 and the top head 16
     assert [heads.head(r).wta_jitter for r in heads.resolutions] == [0, 0, 0.5]
     assert [heads.head(r).wta_straight_through for r in heads.resolutions] == [0, 0, 0.1]
-    assert opts['plugin_options']['fsr_top_wta_st'] == 0.1
+    assert opts['plugin_options']['fsr_top_wta_st'] == 0.1 and opts['plugin_options']['fsr_atom_centre'] == 1
+    stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
+    centre = [s['FSR/atom_centre']['mean'] for s in stats if 'FSR/atom_centre' in s]
+    assert centre and all(v >= 0 for v in centre) and 'Loss/fsr/atom_centre' in stats[-1]
     assert all(heads.head(r).log_gain is not None for r in heads.resolutions)
     assert not torch.equal(snap['extra_modules']['fsr.heads'].h4.log_gain, torch.zeros([]))  # trained
     res = run_train(['--outdir', str(tmp_path / 'even'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta=2'], tmp_path)
@@ -114,6 +118,9 @@ def test_train_cli_fsr_run(tmp_path):
     assert res.returncode != 0 and '--fsr-top-wta-jitter needs --fsr-top-wta >= 3' in res.stderr
     res = run_train(['--outdir', str(tmp_path / 'st'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta-st=0.1'], tmp_path)
     assert res.returncode != 0 and '--fsr-top-wta-st needs --fsr-top-wta >= 1' in res.stderr
+    res = run_train(['--outdir', str(tmp_path / 'centre'), '-n'] + TINY + ['--fsr=1', '--fsr-atom-centre=1'],
+                    tmp_path)
+    assert res.returncode != 0 and '--fsr-atom-centre needs atoms with a window' in res.stderr
 
 
 def test_fsr_flags_are_registered_through_the_plugin_list():
