@@ -83,8 +83,8 @@ def main(snapshot, num, min_usage, images):
         s_k, dy, dx, s_c = row['shifted']
         b_c, i, j, w_i, w_j = row['blend']
         blend = f'{w_i:.2f} {names[i]} + {w_j:.2f} {names[j]}' if i >= 0 else '-'
-        print(f'{row["index"]:7d} {row["usage"]:6.1%}  {names[k]:7s} {c:.3f}  {names[s_k]:6s} ({dy:+d},{dx:+d}) {s_c:.3f}'
-              f'   {blend:28s} {b_c:.3f}   {row["kind"]}')
+        print(f'{row["index"]:7d} {row["usage"]:6.1%}  {names[k]:7s} {c:.3f}  {names[s_k]:6s} ({dy:+d},{dx:+d})'
+              f' {s_c:.3f}   {blend:28s} {b_c:.3f}   {row["kind"]}')
     covered = sorted({r['nearest'][0] for r in rows if r['nearest'][1] >= 0.9})
     print('teacher atoms reached at cos >= 0.9:', ' '.join(names[k] for k in covered) or '-')
     print('missed:', ' '.join(names[k] for k in range(len(names)) if k not in covered) or '-')

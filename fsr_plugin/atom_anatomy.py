@@ -78,8 +78,9 @@ def explain_atoms(learned, teacher, usage=None, min_usage=0.0):
     """learned [A, C, k, k], teacher [K, C, k, k] (and optionally usage [A], each learned atom's share of what the
     top level paints) -> one dict per learned atom with usage >= min_usage (all when usage is None), most used first:
     index, usage, nearest (teacher index, cosine), shifted (teacher index, dy, dx, cosine) over `shifted_atoms`,
-    blend (cosine, i, j, w_i, w_j) from `best_blend` on the unit-norm learned atom, and kind: 'atom' when the nearest cosine is >= 0.9, else
-    'shifted' or 'blend' when that explanation reaches 0.9 (the higher one wins), else 'other'."""
+    blend (cosine, i, j, w_i, w_j) from `best_blend` on the unit-norm learned atom, and kind: 'atom' when the
+    nearest cosine is >= 0.9, else 'shifted' or 'blend' when that explanation reaches 0.9 (the higher one wins),
+    else 'other'."""
     a = _rows(learned)
     t = _rows(teacher)
     if a.shape[1:] != t.shape[1:]:
