@@ -179,8 +179,10 @@ def test_head_gain_scales_unit_atoms_and_learns():
     torch.testing.assert_close(heads(feats)[8], plain(feats)[8] / math.sqrt(2 * 9), rtol=1e-5, atol=1e-6)
     top = heads_lib.OutputHeads({4: 3, 8: 2}, img_channels=3, kernel_size=3, unit_norm_atoms=True, head_gain=True,
                                 top_wta=1)
-    assert float(top.head(8).log_gain) == 0 and float(top.head(4).log_gain) == pytest.approx(-0.5 * math.log(3 * 9))
-    assert float(heads_lib.OutputHead(4, 3, kernel_size=3, gain=True).log_gain) == 0  # plain heads: already scaled
+    gain_top, gain_4 = float(top.head(8).log_gain.detach()), float(top.head(4).log_gain.detach())
+    assert gain_top == 0 and gain_4 == pytest.approx(-0.5 * math.log(3 * 9))
+    plain_gain = heads_lib.OutputHead(4, 3, kernel_size=3, gain=True).log_gain.detach()
+    assert float(plain_gain) == 0  # plain heads: already scaled
     with torch.no_grad():
         heads.head(4).log_gain.fill_(math.log(0.25))
     # Atom directions stay unit-norm; the head paints them at a quarter of the contrast (bias 0).
@@ -192,7 +194,7 @@ def test_head_gain_scales_unit_atoms_and_learns():
     clone = pickle.loads(pickle.dumps(heads))
     torch.testing.assert_close(clone(feats)[4], heads(feats)[4], rtol=0, atol=0)
     heads.head(4).set_effective_weight(torch.ones([3, 3, 3, 3]))
-    assert float(heads.head(4).log_gain) == 0  # an explicit weight resets the gain
+    assert float(heads.head(4).log_gain.detach()) == 0  # an explicit weight resets the gain
     assert heads_lib.OutputHead(3, 3).log_gain is None
 
 
