@@ -64,7 +64,10 @@ fakes use the codes of image stream 2, the reference stream 0 and the floor stre
 def main(snapshot, num, min_usage, images):
     """Print the used atoms of SNAPSHOT in terms of the synthetic teacher's atoms."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    snap = se.Snapshot(snapshot)
+    try:
+        snap = se.Snapshot(snapshot)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     R = int(snap.G.img_resolution)
     learned = snap.head_atoms(R)
     if learned is None or learned.shape[-1] != 3:
