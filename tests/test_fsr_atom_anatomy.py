@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
-from bench.fsr_used_atoms import atom_names, counterfactual_gap
+from bench.fsr_used_atoms import atom_names, counterfactual_gap, main
 from fsr_plugin import atom_anatomy as aa
 from fsr_plugin.synthetic import FSRTeacher
 
@@ -76,3 +77,8 @@ def test_counterfactual_gap_is_the_teachers_own_with_its_atoms_and_grows_with_sh
         moved[k] = s / np.linalg.norm(s)
     worse, _ = counterfactual_gap(teacher, torch.from_numpy(moved), num=200)
     assert worse > own + 1  # a full floor above the teacher itself (deterministic: fixed streams)
+
+
+def test_used_atoms_cli_names_a_missing_snapshot(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path / 'missing.pkl')])
+    assert result.exit_code == 2 and 'does not exist' in result.output
