@@ -17,18 +17,15 @@ import itertools
 
 import numpy as np
 
+from .matching import as_atom_array
+
 __all__ = ['shifted_atoms', 'best_blend', 'explain_atoms']
 
 _SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx): right, left, down, up
 
 
 def _rows(x):
-    if hasattr(x, 'detach'):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 4:
-        raise ValueError(f'atoms must be [K, C, k, k], got shape {list(x.shape)}')
-    return x
+    return as_atom_array(x, 'atom_anatomy: atoms')
 
 
 def _unit(v):

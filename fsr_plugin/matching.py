@@ -65,7 +65,8 @@ def match_filters(a, b, threshold=0.5):
     )
 
 
-def _as_atoms(x, what):
+def as_atom_array(x, what):
+    """numpy float64 [N, C, k, k] from a numpy array or torch tensor of atoms (ValueError naming `what` otherwise)."""
     if hasattr(x, 'detach'):
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -80,8 +81,8 @@ def placed_atom_cosines(teacher_atoms, learned_atoms):
     that is a teacher atom placed anywhere in its window scores 1; energy outside the teacher atom's placement
     lowers the cosine as any other difference does. This is how a k' x k' head (e.g. `--fsr-head-kernel=4`) paints
     a k x k atom: the site it paints from may sit anywhere relative to the atom."""
-    t = _as_atoms(teacher_atoms, 'placed_atom_cosines: teacher_atoms')
-    a = _as_atoms(learned_atoms, 'placed_atom_cosines: learned_atoms')
+    t = as_atom_array(teacher_atoms, 'placed_atom_cosines: teacher_atoms')
+    a = as_atom_array(learned_atoms, 'placed_atom_cosines: learned_atoms')
     (kh, kw), (lh, lw) = t.shape[2:], a.shape[2:]
     if t.shape[1] != a.shape[1] or lh < kh or lw < kw:
         raise ValueError(f'placed_atom_cosines: learned atoms {list(a.shape[1:])} must have the teacher atoms\' '
