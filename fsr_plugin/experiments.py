@@ -501,7 +501,7 @@ def synthetic(**params):
                 entry.update(num_atoms=int(learned.shape[0]), recovered=rec['recovered'], fraction=rec['fraction'],
                              mean_matched_cos=rec['mean_matched_cos'], per_atom_cos=rec['cos'].tolist(),
                              floor_mean_matched_cos=floor['mean_matched_cos'], floor_recovered=floor['recovered'])
-                if source == 'FSR head' or (source.startswith('FSR head') and learned.shape[-1] > 3):
+                if source.startswith('FSR head') and note != 'ceiling':  # a head with atoms of its own
                     entry.update(used_atom_recovery(snap, teacher.atoms, learned, params['threshold'], sizes.seed, rec))
             entries.append(entry)
         atoms[run.name] = entries
