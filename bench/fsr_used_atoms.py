@@ -35,21 +35,21 @@ def atom_names(num):
     return [f'{short[_PATTERN_NAMES[k % 3]]}{k // 3}' for k in range(num)]
 
 
-def painted_with(teacher, atoms, num, seed):
-    """The teacher's images [num, 3, R, R] (float64) for image stream `seed`, its codes painted with `atoms`
-    [K, 3, 3, 3] (None: its own atoms)."""
-    codes = teacher.sample(num, seed=seed)['top_codes'].double()
+def painted_with(teacher, atoms, codes):
+    """Teacher codes [N, K, R, R] painted with `atoms` [K, 3, 3, 3] (None: the teacher's own) -> images [N, 3, R, R]
+    (float64), as the teacher paints its top level."""
     atoms = teacher.atoms.double() if atoms is None else torch.as_tensor(atoms, dtype=torch.float64)
-    return F.conv_transpose2d(codes, atoms, padding=1) * teacher.image_gain
+    return F.conv_transpose2d(codes.double(), atoms, padding=1) * teacher.image_gain
 
 
 def counterfactual_gap(teacher, learned_atoms, num=500):
     """Covariance gap ratio (gap_2 / floor_2 at the top level) of the teacher painted with `learned_atoms` [K, 3, 3, 3]
     (row k replaces teacher atom k), against its own images; and the same for the teacher itself (about 1). Both
-fakes use the codes of image stream 2, the reference stream 0 and the floor stream 1."""
-    ref, other = painted_with(teacher, None, num, 0), painted_with(teacher, None, num, 1)
-    own = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, num, 2))
-    swapped = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, learned_atoms, num, 2))
+    fakes use the codes of image stream 2, the reference stream 0 and the floor stream 1."""
+    ref, other, fake = (teacher.sample(num, seed=s)['top_codes'] for s in (0, 1, 2))
+    ref, other = painted_with(teacher, None, ref), painted_with(teacher, None, other)
+    own = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, fake))
+    swapped = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, learned_atoms, fake))
     return swapped['ratio_2'], own['ratio_2']
 
 
