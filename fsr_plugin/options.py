@@ -38,6 +38,10 @@ class FSRConfig:
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
     top_wta_st: float = 0.0             # share of the gradient its losers get (straight-through; 0 = winners only)
     atom_centre: float = 0.0            # weight of the centring prior on the top head's atoms (0 = off)
+    atom_recon: float = 0.0             # weight of the sparse-coding reconstruction term on the top atoms (0 = off)
+    atom_recon_lam: float = 0.1         # its codes' L1 weight
+    atom_recon_iters: int = 30          # its FISTA iterations per G step
+    atom_recon_images: int = 8          # real images it codes per G step
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -91,6 +95,11 @@ class FSRConfig:
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
             top_wta_st=float(opts.get('fsr_top_wta_st') or 0.0),
             atom_centre=float(opts.get('fsr_atom_centre') or 0.0),
+            atom_recon=float(opts.get('fsr_atom_recon') or 0.0),
+            atom_recon_lam=float(opts.get('fsr_atom_recon_lam') if opts.get('fsr_atom_recon_lam') is not None
+                                 else 0.1),
+            atom_recon_iters=int(opts.get('fsr_atom_recon_iters') or 30),
+            atom_recon_images=int(opts.get('fsr_atom_recon_images') or 8),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -160,6 +169,17 @@ def cli_options():
         click.option('--fsr-atom-centre', help='FSR heads with kernel >= 2: weight of a prior that pulls the energy '
                      'centroid of every top-head atom to the middle of its window (sum over atoms of the squared '
                      'offset in pixels; 0 = off)', type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-atom-recon', help='FSR: weight of a reconstruction term on the top head\'s atoms: each G '
+                     'step codes real top-level images in the head\'s unit-norm atoms by non-negative convolutional '
+                     'sparse coding (FISTA) and turns the atoms towards reconstructing them (0.5 x squared residual '
+                     'per image: the sparse-coding oracle\'s objective; 0 = off)',
+                     type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-atom-recon-lam', help='FSR --fsr-atom-recon: L1 weight of the codes (image units)',
+                     type=click.FloatRange(min=0), default=0.1, show_default=True),
+        click.option('--fsr-atom-recon-iters', help='FSR --fsr-atom-recon: FISTA iterations per G step',
+                     type=click.IntRange(min=1), default=30, show_default=True),
+        click.option('--fsr-atom-recon-images', help='FSR --fsr-atom-recon: real images coded per G step (at most '
+                     'the batch)', type=click.IntRange(min=1), default=8, show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
                      'since the last restart, each from one of the most used channels (split; 0 = off)',

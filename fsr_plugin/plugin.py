@@ -28,6 +28,7 @@ from training import hooks as hooks_lib
 from training import networks
 
 from . import atom_centring
+from . import atom_reconstruction
 from . import channel_restart
 from . import fsr_metrics
 from . import patch_moment_loss
@@ -303,6 +304,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     penalty = atom_centring.centring_penalty(self.heads.atoms(R))
                     training_stats.report('FSR/atom_centre', penalty)
                     terms['atom_centre'] = cfg.atom_centre * penalty
+                if cfg.atom_recon > 0:
+                    terms.update(self._atom_recon_terms(ctx))
                 if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.moment_weights:
@@ -363,6 +366,26 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if losses:
                 terms[name] = sum(weighted for weighted, _ in losses.values())
         return terms
+
+    def _atom_recon_terms(self, ctx):
+        """--fsr-atom-recon: {'atom_recon': weight * 0.5 squared residual per image} of the first --fsr-atom-recon-images
+        real images at the top head's resolution, sparse-coded in the head's unit-norm atoms (gradient to the atoms'
+        directions only); nothing while the real images are below that resolution (an earlier growing stage). Logs
+        FSR/atom_recon_mse, FSR/atom_recon_density and FSR/atom_recon_explained."""
+        cfg = self.cfg
+        real_img = ctx.get('real_img')
+        R = self.heads.resolutions[-1]
+        if real_img is None or real_img.shape[-1] != R:
+            return {}
+        pyr = self._real_pyramid(real_img, [r for r in self.heads.resolutions if r <= real_img.shape[-1]])
+        images = pyr[R][:cfg.atom_recon_images].detach()
+        head = self.heads.head(R)
+        loss, stats = atom_reconstruction.reconstruction_loss(images, head.effective_weight(), head.bias,
+                                                              head.padding, cfg.atom_recon_lam,
+                                                              iters=cfg.atom_recon_iters)
+        for name, value in stats.items():
+            training_stats.report(f'FSR/atom_recon_{name}', value)
+        return {'atom_recon': cfg.atom_recon * loss}
 
     def _moment_terms(self, fake_pyr, ctx):
         """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
@@ -457,6 +480,9 @@ def update_training_options(c, options):
     if cfg.atom_centre > 0 and cfg.head_kernel < 2:
         raise click.UsageError(f'--fsr-atom-centre needs atoms with a window (--fsr-head-kernel >= 2), got '
                                f'--fsr-head-kernel={cfg.head_kernel}')
+    if cfg.atom_recon > 0 and cfg.head_init == 'identity':
+        raise click.UsageError('--fsr-atom-recon codes real images in the top head\'s atoms alone, but '
+                               '--fsr-head-init=identity makes the top head a residual on the generator\'s image')
     if cfg.top_wta_st > 0 and cfg.top_wta < 1:
         raise click.UsageError(f'--fsr-top-wta-st needs --fsr-top-wta >= 1 (a selection with losers), got '
                                f'--fsr-top-wta={cfg.top_wta}')
