@@ -15,12 +15,10 @@ This is one step of the oracle's alternating minimisation per G step, on the hea
 discriminator sees anyway. `paint` is the head's convolution exactly (`fsr_plugin.heads.OutputHead`: a true
 convolution with the head's padding, i.e. each code paints its atom around its site).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 
-from fsr_plugin.oracle import lipschitz_constant
+from fsr_plugin.oracle import lipschitz_constant, nonneg_fista
 
 __all__ = ['paint', 'unit_atoms', 'sparse_codes', 'reconstruction_error', 'reconstruction_loss']
 
@@ -49,23 +47,17 @@ def sparse_codes(images, weight, padding, lam, iters=30):
         raise ValueError(f'sparse_codes: lam must be >= 0 and iters >= 1, got {lam}, {iters}')
     with torch.no_grad():
         weight = weight.detach()
-        atoms = weight.transpose(0, 1)                                  # [K, C, k, k]
         size = max(images.shape[-1], images.shape[-2], weight.shape[-1], 8)
-        step = 1.0 / max(lipschitz_constant(atoms.cpu(), size=size), 1e-12)
-        n, _, h, w = images.shape
-        codes = images.new_zeros(n, weight.shape[1], h, w)
-        point, t = codes, 1.0
-        for _ in range(int(iters)):
+        step = 1.0 / max(lipschitz_constant(weight.transpose(0, 1).cpu(), size=size), 1e-12)
+
+        def grad(point):
             # Gradient of the quadratic part at `point`: the adjoint of paint applied to the residual.
             with torch.enable_grad():
                 p = point.detach().requires_grad_(True)
                 residual = paint(p, weight, padding) - images
-                (grad,) = torch.autograd.grad(residual, p, grad_outputs=residual)
-            new_codes = F.relu(point - step * grad - step * lam)
-            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-            point = new_codes + ((t - 1) / t_next) * (new_codes - codes)
-            codes, t = new_codes, t_next
-    return codes
+                return torch.autograd.grad(residual, p, grad_outputs=residual)[0]
+        n, _, h, w = images.shape
+        return nonneg_fista(grad, images.new_zeros(n, weight.shape[1], h, w), step, lam, iters)
 
 
 def reconstruction_error(images, codes, weight, padding):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fsr_plugin.matching import atom_recovery
 
-__all__ = ['fit_dictionary', 'sparse_codes', 'lipschitz_constant', 'random_floor', 'run_oracle']
+__all__ = ['fit_dictionary', 'sparse_codes', 'nonneg_fista', 'lipschitz_constant', 'random_floor', 'run_oracle']
 
 
 def _check_images(images):
@@ -55,17 +55,22 @@ def sparse_codes(images, atoms, lam, iters=50, lipschitz=None):
     0.5 |images - conv_transpose2d(codes, atoms, padding=1)|^2 + lam * sum(codes)."""
     if lipschitz is None:
         lipschitz = lipschitz_constant(atoms, size=max(images.shape[-1], 8))
-    step = 1.0 / lipschitz
     n, _, h, w = images.shape
     codes = torch.zeros(n, atoms.shape[0], h, w, dtype=images.dtype, device=images.device)
-    momentum_point = codes
-    t = 1.0
+
+    def grad(point):
+        return F.conv2d(F.conv_transpose2d(point, atoms, padding=1) - images, atoms, padding=1)
+    return nonneg_fista(grad, codes, 1.0 / lipschitz, lam, iters)
+
+
+def nonneg_fista(grad, codes, step, lam, iters):
+    """FISTA for min_{Y >= 0} q(Y) + lam * sum(Y) with q smooth: grad(Y) -> the gradient of q at Y, codes the start
+    (also fixes the shape), step 1 / (Lipschitz constant of grad). Returns the codes after `iters` iterations."""
+    point, t = codes, 1.0
     for _ in range(int(iters)):
-        residual = F.conv_transpose2d(momentum_point, atoms, padding=1) - images
-        grad = F.conv2d(residual, atoms, padding=1)
-        new_codes = F.relu(momentum_point - step * grad - step * lam)
+        new_codes = F.relu(point - step * grad(point) - step * lam)
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        momentum_point = new_codes + ((t - 1) / t_next) * (new_codes - codes)
+        point = new_codes + ((t - 1) / t_next) * (new_codes - codes)
         codes, t = new_codes, t_next
     return codes
 

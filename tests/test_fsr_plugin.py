@@ -85,6 +85,30 @@ def test_layerwise_schedule_freezes_lower_blocks(tmp_path, one_thread):
     assert lrs['fsr.heads/h8'] == 0 and lrs['synthesis.b16'] > 0 and lrs['fsr.heads/h16'] > 0
 
 
+def test_train_cli_atom_recon(tmp_path):
+    """--fsr-atom-recon: recorded, the term and its statistics logged every tick; refused with a residual top head."""
+    res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-head-kernel=3',
+                                                          '--fsr-unit-atoms=1', '--fsr-atom-recon=2',
+                                                          '--fsr-atom-recon-images=4', '--fsr-atom-recon-lam=0.05',
+                                                          '--fsr-atom-recon-iters=10'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
+    opts = json.load(open(os.path.join(run_dir, 'training_options.json')))['plugin_options']
+    assert (opts['fsr_atom_recon'], opts['fsr_atom_recon_images'], opts['fsr_atom_recon_lam'],
+            opts['fsr_atom_recon_iters']) == (2, 4, 0.05, 10)
+    stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
+    assert len(stats) > 10 and all('Loss/fsr/atom_recon' in s for s in stats)
+    for s in stats:
+        mse, density = s['FSR/atom_recon_mse']['mean'], s['FSR/atom_recon_density']['mean']
+        explained = s['FSR/atom_recon_explained']['mean']
+        assert mse > 0 and 0 < density < 1 and 0 < explained < 1
+        # The logged term is the weight times half the squared residual per image (16 x 16 x 3 pixels).
+        assert s['Loss/fsr/atom_recon']['mean'] == pytest.approx(2 * 0.5 * mse * 768, rel=1e-3)
+    res = run_train(['--outdir', str(tmp_path / 'res'), '-n'] + TINY + ['--fsr=1', '--fsr-head-init=identity',
+                                                                        '--fsr-atom-recon=1'], tmp_path)
+    assert res.returncode != 0 and '--fsr-head-init=identity makes the top head a residual' in res.stderr
+
+
 def test_train_cli_fsr_run(tmp_path):
     res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-relu=1',
                                                           '--fsr-sparsity-weight=0.01', '--fsr-top-wta=3',
