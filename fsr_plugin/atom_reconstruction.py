@@ -68,9 +68,10 @@ def reconstruction_error(images, codes, weight, padding):
     return 0.5 * residual.square().sum() / images.shape[0]
 
 
-def reconstruction_loss(images, weight, bias, padding, lam, iters=30):
+def reconstruction_loss(images, weight, bias, padding, lam, iters=30, atoms=None):
     """The `--fsr-atom-recon` term: images [N, C, H, W] (real, at the head's resolution), weight [C, K, k, k] (the
-    head's effective weight, with gradient), bias [C] or None (detached: the background the codes do not paint).
+    head's effective weight, with gradient), bias [C] or None (detached: the background the codes do not paint),
+    atoms: None (every atom) or a bool [K] / index tensor of the atoms the codes may use (the others get no gradient).
 
     Returns (loss, stats): loss = reconstruction_error of the images minus the bias, with codes from
     `sparse_codes` on the unit-normalised atoms (fixed), as a function of the unit-normalised atoms; stats = dict of
@@ -79,9 +80,13 @@ def reconstruction_loss(images, weight, bias, padding, lam, iters=30):
     target = images.float()
     if bias is not None:
         target = target - bias.detach().float().reshape(1, -1, 1, 1)
-    atoms = unit_atoms(weight.float())
-    codes = sparse_codes(target, atoms, padding, lam, iters=iters)
-    loss = reconstruction_error(target, codes, atoms, padding)
+    if atoms is not None:
+        weight = weight[:, atoms]
+        if weight.shape[1] == 0:
+            raise ValueError('reconstruction_loss: no atom selected')
+    unit = unit_atoms(weight.float())
+    codes = sparse_codes(target, unit, padding, lam, iters=iters)
+    loss = reconstruction_error(target, codes, unit, padding)
     with torch.no_grad():
         mse = 2 * loss.detach() / target[0].numel()
         stats = dict(mse=mse, density=(codes > 0).float().mean(),

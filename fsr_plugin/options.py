@@ -42,6 +42,7 @@ class FSRConfig:
     atom_recon_lam: float = 0.1         # its codes' L1 weight
     atom_recon_iters: int = 30          # its FISTA iterations per G step
     atom_recon_images: int = 8          # real images it codes per G step
+    atom_recon_used: float = 0.0        # its codes use only channels with at least this share of the painted top level
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -100,6 +101,7 @@ class FSRConfig:
                                  else 0.1),
             atom_recon_iters=int(opts.get('fsr_atom_recon_iters') or 30),
             atom_recon_images=int(opts.get('fsr_atom_recon_images') or 8),
+            atom_recon_used=float(opts.get('fsr_atom_recon_used') or 0.0),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -180,6 +182,10 @@ def cli_options():
                      type=click.IntRange(min=1), default=30, show_default=True),
         click.option('--fsr-atom-recon-images', help='FSR --fsr-atom-recon: real images coded per G step (at most '
                      'the batch)', type=click.IntRange(min=1), default=8, show_default=True),
+        click.option('--fsr-atom-recon-used', help='FSR --fsr-atom-recon: code only with the atoms of channels that '
+                     'paint at least this share of the top level in the same G step\'s fake batch (the atoms the '
+                     'generator draws with; 0 = every atom)', type=click.FloatRange(min=0, max=1, max_open=True),
+                     default=0.0, show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
                      'since the last restart, each from one of the most used channels (split; 0 = off)',

@@ -41,6 +41,7 @@ from .pair_disc import pair_r1_penalty
 from .schedule import FSRSchedule
 from .sparsity import SparsityPenalty
 from . import upsampling_disc
+from .wta import painted_mass
 
 UPSAMPLING_DISCRIMINATOR = f'{upsampling_disc.__name__}.UpsamplingDiscriminator'  # class_name for D_kwargs
 
@@ -305,7 +306,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     training_stats.report('FSR/atom_centre', penalty)
                     terms['atom_centre'] = cfg.atom_centre * penalty
                 if cfg.atom_recon > 0:
-                    terms.update(self._atom_recon_terms(ctx))
+                    terms.update(self._atom_recon_terms(ctx, feats))
                 if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.moment_weights:
@@ -367,11 +368,13 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                 terms[name] = sum(weighted for weighted, _ in losses.values())
         return terms
 
-    def _atom_recon_terms(self, ctx):
+    def _atom_recon_terms(self, ctx, feats):
         """--fsr-atom-recon: {'atom_recon': weight * 0.5 squared residual per image} of the first --fsr-atom-recon-images
         real images at the top head's resolution, sparse-coded in the head's unit-norm atoms (gradient to the atoms'
-        directions only); nothing while the real images are below that resolution (an earlier growing stage). Logs
-        FSR/atom_recon_mse, FSR/atom_recon_density and FSR/atom_recon_explained."""
+        directions only); with --fsr-atom-recon-used=S only the atoms of channels that paint at least S of the top
+        level in this pass's fake batch (feats: {r: float32 features}); nothing while the real images are below that
+        resolution (an earlier growing stage). Logs FSR/atom_recon_mse, FSR/atom_recon_density,
+        FSR/atom_recon_explained and FSR/atom_recon_atoms (atoms coded with)."""
         cfg = self.cfg
         real_img = ctx.get('real_img')
         R = self.heads.resolutions[-1]
@@ -380,9 +383,16 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         pyr = self._real_pyramid(real_img, [r for r in self.heads.resolutions if r <= real_img.shape[-1]])
         images = pyr[R][:cfg.atom_recon_images].detach()
         head = self.heads.head(R)
+        atoms = None
+        if cfg.atom_recon_used > 0 and R in feats:
+            mass = painted_mass(feats[R], head.wta)                    # no jitter: no random draws
+            atoms = (mass >= cfg.atom_recon_used * mass.sum().clamp_min(1e-30)).to(feats[R].device)
+            if not bool(atoms.any()):
+                return {}
         loss, stats = atom_reconstruction.reconstruction_loss(images, head.effective_weight(), head.bias,
                                                               head.padding, cfg.atom_recon_lam,
-                                                              iters=cfg.atom_recon_iters)
+                                                              iters=cfg.atom_recon_iters, atoms=atoms)
+        stats['atoms'] = torch.tensor(float(head.in_channels if atoms is None else int(atoms.sum())))
         for name, value in stats.items():
             training_stats.report(f'FSR/atom_recon_{name}', value)
         return {'atom_recon': cfg.atom_recon * loss}

@@ -123,6 +123,22 @@ def test_descent_on_the_reconstruction_recentres_a_shifted_flat():
     assert float((learned * flat0).sum()) > 0.95
 
 
+def test_selected_atoms_alone_code_and_learn():
+    teacher = FSRTeacher(resolution=16, seed=0)
+    images = teacher.sample(4, seed=9, details=False)['image'].float()
+    torch.manual_seed(4)
+    weight = torch.randn(3, 10, 3, 3, requires_grad=True)
+    chosen = torch.tensor([True, False, True, True, False, False, True, False, False, False])
+    loss, _ = ar.reconstruction_loss(images, weight, None, [1, 1, 1, 1], lam=0.1, atoms=chosen)
+    loss.backward()
+    assert weight.grad[:, ~chosen].abs().max() == 0 and weight.grad[:, chosen].abs().min() >= 0
+    assert weight.grad[:, chosen].abs().sum(dim=[0, 2, 3]).min() > 0     # every chosen atom is coded and turned
+    alone, _ = ar.reconstruction_loss(images, weight.detach()[:, chosen], None, [1, 1, 1, 1], lam=0.1)
+    assert float(loss) == pytest.approx(float(alone), rel=1e-6)
+    with pytest.raises(ValueError, match='no atom selected'):
+        ar.reconstruction_loss(images, weight, None, [1, 1, 1, 1], lam=0.1, atoms=torch.zeros(10, dtype=torch.bool))
+
+
 def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match='must agree on C'):
         ar.sparse_codes(torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 3, 3), [1, 1, 1, 1], lam=0.1)

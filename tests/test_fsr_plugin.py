@@ -90,18 +90,21 @@ def test_train_cli_atom_recon(tmp_path):
     res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-head-kernel=3',
                                                           '--fsr-unit-atoms=1', '--fsr-atom-recon=2',
                                                           '--fsr-atom-recon-images=4', '--fsr-atom-recon-lam=0.05',
-                                                          '--fsr-atom-recon-iters=10'], tmp_path)
+                                                          '--fsr-atom-recon-iters=10', '--fsr-atom-recon-used=0.05'],
+                    tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
     opts = json.load(open(os.path.join(run_dir, 'training_options.json')))['plugin_options']
     assert (opts['fsr_atom_recon'], opts['fsr_atom_recon_images'], opts['fsr_atom_recon_lam'],
-            opts['fsr_atom_recon_iters']) == (2, 4, 0.05, 10)
+            opts['fsr_atom_recon_iters'], opts['fsr_atom_recon_used']) == (2, 4, 0.05, 10, 0.05)
     stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
     assert len(stats) > 10 and all('Loss/fsr/atom_recon' in s for s in stats)
     for s in stats:
         mse, density = s['FSR/atom_recon_mse']['mean'], s['FSR/atom_recon_density']['mean']
         explained = s['FSR/atom_recon_explained']['mean']
         assert mse > 0 and 0 < density < 1 and 0 < explained < 1
+        # Channels with >= 5% of the painted top level: at least one, at most 20 of the head's 32.
+        assert 1 <= s['FSR/atom_recon_atoms']['mean'] <= 20
         # The logged term is the weight times half the squared residual per image (16 x 16 x 3 pixels).
         assert s['Loss/fsr/atom_recon']['mean'] == pytest.approx(2 * 0.5 * mse * 768, rel=1e-3)
     res = run_train(['--outdir', str(tmp_path / 'res'), '-n'] + TINY + ['--fsr=1', '--fsr-head-init=identity',
