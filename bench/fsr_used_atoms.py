@@ -11,6 +11,12 @@ learned atom that the Hungarian matching pairs it with (unit norm, as the teache
 gap of those images against the teacher's own images, over its floor (two disjoint teacher samples), is the part of
 the top level's covariance gap that the atoms alone would cause if the codes were perfect.
 
+And the converse (`fsr_plugin.code_anatomy`): the generator's own top-level codes (the winners of the head's
+selection, each times its atom's norm), every channel mapped to its nearest teacher atom, painted with the teacher's
+atoms: the part of the gap that the codes alone cause; beside the statistics of those codes and of the teacher's
+(painted sites per 3x3 neighbourhood, isolated sites, amplitude quantiles, and the total-variation distance between
+the two atom-frequency distributions).
+
     python bench/fsr_used_atoms.py runs/.../network-snapshot-000040.pkl
 """
 import os
@@ -24,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
-from fsr_plugin import atom_anatomy, diagnostics, matching  # noqa: E402
+from fsr_plugin import atom_anatomy, code_anatomy, diagnostics, matching  # noqa: E402
 from fsr_plugin import snapshot_eval as se  # noqa: E402
 from fsr_plugin.synthetic import _PATTERN_NAMES  # noqa: E402
 
@@ -51,6 +57,28 @@ def counterfactual_gap(teacher, learned_atoms, num=500):
     own = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, fake))
     swapped = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, learned_atoms, fake))
     return swapped['ratio_2'], own['ratio_2']
+
+
+def code_counterfactual(teacher, snap, learned, num=500, seed=0):
+    """The snapshot's top-level codes for `num` samples mapped to teacher atoms (each channel to its nearest atom by
+    signed cosine) and painted with the teacher's atoms: (gap_2 / floor of those images against the teacher's (the
+    streams of `counterfactual_gap`), statistics of those codes, statistics of the teacher's codes (stream 2))."""
+    R = int(snap.G.img_resolution)
+    head = snap.heads.head(R)
+    feats = se.top_features(snap, num, seed=seed)
+    gen = torch.Generator(device=feats.device).manual_seed(int(seed) + 1)
+    codes = code_anatomy.painted_codes(feats.cpu(), learned, getattr(head, 'wta', 0), getattr(head, 'wta_jitter', 0.0),
+                                       gen, min_value=getattr(head, 'wta_min', 0.0))
+    t = teacher.atoms.double().flatten(1)
+    l_ = learned.double().flatten(1)
+    cos = (l_ / l_.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (t / t.norm(dim=1, keepdim=True)).T
+    mapped = code_anatomy.as_teacher_codes(codes, cos.argmax(dim=1).numpy(), teacher.top_atoms)
+    mapped = mapped / teacher.image_gain                    # the teacher paints code x unit atom x image_gain
+    ref, other, own = (teacher.sample(num, seed=s)['top_codes'] for s in (0, 1, 2))
+    gap = diagnostics.moment_gap_with_floor(painted_with(teacher, None, ref), painted_with(teacher, None, other),
+                                            painted_with(teacher, None, mapped))
+    return (gap['ratio_2'], code_anatomy.code_statistics(mapped, teacher.top_atoms),
+            code_anatomy.code_statistics(own.double(), teacher.top_atoms))
 
 
 @click.command()
@@ -102,6 +130,16 @@ def main(snapshot, num, min_usage, images):
         ratio, own = counterfactual_gap(teacher, swap, num=images)
         print(f'teacher painted with the matched used atoms: top-level gap_2 / floor {ratio:.2f} '
               f'(the teacher itself: {own:.2f}; {images} images per sample)')
+    ratio, ours, theirs = code_counterfactual(teacher, snap, learned, num=images)
+    print(f'the generator\'s codes painted with the teacher\'s atoms: top-level gap_2 / floor {ratio:.2f}')
+    print('codes      sites/3x3  isolated  codes/site  amp p10   p50    p90    mean')
+    for name, st in (('teacher', theirs), ('generator', ours)):
+        print(f'{name:10s} {st["sites_per_3x3"]:8.3f}  {st["isolated"]:7.3f}  {st["codes_per_site"]:9.3f}  '
+              f'{st["amp_p10"]:6.3f} {st["amp_p50"]:6.3f} {st["amp_p90"]:6.3f} {st["amp_mean"]:6.3f}')
+    tv = 0.5 * float((ours['share'] - theirs['share']).abs().sum())
+    print('atom shares (teacher / generator): ' + ' '.join(
+        f'{n} {a:.2f}/{b:.2f}' for n, a, b in zip(names, theirs['share'].tolist(), ours['share'].tolist())) +
+        f'; total-variation distance {tv:.3f}')
 
 
 if __name__ == '__main__':

@@ -38,16 +38,17 @@ class ChannelUsage:
     """Accumulates each channel's painted mass at the top level. window: the top head's winner-take-all window
     (0 = no selection: absolute values count)."""
 
-    def __init__(self, channels, window=0):
+    def __init__(self, channels, window=0, min_value=0.0):
         self.mass = torch.zeros([int(channels)], dtype=torch.float64)
         self.window = int(window)
+        self.min_value = float(min_value)
 
     @torch.no_grad()
     def update(self, s):
         """s: top-level features [N, C, H, W] of one generator pass."""
         if s.ndim != 4 or s.shape[1] != self.mass.numel():
             raise ValueError(f'ChannelUsage: features must be [N, {self.mass.numel()}, H, W], got {list(s.shape)}')
-        self.mass += painted_mass(s, self.window)
+        self.mass += painted_mass(s, self.window, min_value=self.min_value)
 
     def shares(self):
         """float64 [C]: each channel's share of the total (all 0 when nothing was painted)."""

@@ -63,7 +63,7 @@ class OutputHead(torch.nn.Module):
     """One resolution's head: S [N, in_channels, r, r] -> X [N, img_channels, r, r] (float32)."""
 
     def __init__(self, in_channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True, residual=False,
-                 eps=1e-8, wta=0, gain=False, wta_jitter=0.0, wta_straight_through=0.0):
+                 eps=1e-8, wta=0, gain=False, wta_jitter=0.0, wta_straight_through=0.0, wta_min=0.0):
         super().__init__()
         for name, value in (('in_channels', in_channels), ('img_channels', img_channels),
                             ('kernel_size', kernel_size)):
@@ -86,6 +86,9 @@ class OutputHead(torch.nn.Module):
             raise ValueError(f'OutputHead: wta_straight_through must be >= 0 and needs wta >= 1, got '
                              f'{wta_straight_through!r} with wta={wta!r}')
         self.wta_straight_through = float(wta_straight_through)
+        if float(wta_min) < 0 or (float(wta_min) > 0 and wta < 1):
+            raise ValueError(f'OutputHead: wta_min must be >= 0 and needs wta >= 1, got {wta_min!r} with wta={wta!r}')
+        self.wta_min = float(wta_min)
         self.padding = _head_padding(kernel_size)
         self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size ** 2))
         self.weight = torch.nn.Parameter(torch.randn([img_channels, in_channels, kernel_size, kernel_size]))
@@ -126,7 +129,8 @@ class OutputHead(torch.nn.Module):
         s = s.to(torch.float32)
         if self.wta:
             s = winner_take_all(s, self.wta, jitter=self.wta_jitter,
-                                straight_through=getattr(self, 'wta_straight_through', 0.0))
+                                straight_through=getattr(self, 'wta_straight_through', 0.0),
+                                min_value=getattr(self, 'wta_min', 0.0))
         x = conv2d_resample.conv2d_resample(x=s, w=self.effective_weight().to(s.dtype), padding=self.padding,
                                             flip_weight=False)
         x = bias_act.bias_act(x, self.bias)
@@ -141,7 +145,7 @@ class OutputHead(torch.nn.Module):
     def extra_repr(self):
         return (f'in_channels={self.in_channels}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
                 f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}, wta={self.wta}, '
-                f'gain={self.log_gain is not None}')
+                f'gain={self.log_gain is not None}, wta_min={getattr(self, "wta_min", 0.0)}')
 
 
 @persistence.persistent_class
@@ -156,10 +160,12 @@ class OutputHeads(torch.nn.Module):
     level. head_gain: every head learns one scalar gain of its atoms (OutputHead gain=True). top_wta_jitter: the
     top head's suppression compares jittered winning values (fsr_plugin.wta; a random draw on every call).
     top_wta_straight_through: the top head's losers get this share of their gradient (fsr_plugin.wta).
+    top_wta_min: the top head keeps only winners whose feature value exceeds this (fsr_plugin.wta).
     """
 
     def __init__(self, channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True,
-                 residual_final=False, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0):
+                 residual_final=False, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0,
+                 top_wta_min=0.0):
         super().__init__()
         if not isinstance(channels, dict) or not channels:
             raise ValueError(f'OutputHeads: channels must be a non-empty dict {{resolution: channels}}, '
@@ -178,12 +184,14 @@ class OutputHeads(torch.nn.Module):
                               unit_norm_atoms=unit_norm_atoms, bias=bias, residual=self.residual_final and top,
                               wta=self.top_wta if top else 0, gain=head_gain,
                               wta_jitter=float(top_wta_jitter) if top else 0.0,
-                              wta_straight_through=float(top_wta_straight_through) if top else 0.0)
+                              wta_straight_through=float(top_wta_straight_through) if top else 0.0,
+                              wta_min=float(top_wta_min) if top else 0.0)
             setattr(self, f'h{r}', head)
 
     @classmethod
     def for_generator(cls, G, kernel_size=1, unit_norm_atoms=False, bias=True, init='random', style='unit',
-                      resolutions=None, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0):
+                      resolutions=None, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0,
+                      top_wta_min=0.0):
         """Heads matching G's synthesis blocks (all of them, or the given `resolutions`), initialised with `init`
         ('random', 'torgb' or 'identity'; 'identity' makes the final head residual)."""
         if init not in HEAD_INITS:
@@ -197,7 +205,8 @@ class OutputHeads(torch.nn.Module):
         channels = {r: int(getattr(synthesis, f'b{r}').conv1.out_channels) for r in resolutions}
         heads = cls(channels, int(synthesis.img_channels), kernel_size=kernel_size, unit_norm_atoms=unit_norm_atoms,
                     bias=bias, residual_final=(init == 'identity'), top_wta=top_wta, head_gain=head_gain,
-                    top_wta_jitter=top_wta_jitter, top_wta_straight_through=top_wta_straight_through)
+                    top_wta_jitter=top_wta_jitter, top_wta_straight_through=top_wta_straight_through,
+                    top_wta_min=top_wta_min)
         if init != 'random':
             heads.init_from_generator(G, mode=init, style=style)
         return heads

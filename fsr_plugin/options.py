@@ -37,6 +37,7 @@ class FSRConfig:
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
     top_wta_st: float = 0.0             # share of the gradient its losers get (straight-through; 0 = winners only)
+    top_wta_min: float = 0.0            # its winners are kept only above this feature value (0 = every positive one)
     atom_centre: float = 0.0            # weight of the centring prior on the top head's atoms (0 = off)
     atom_recon: float = 0.0             # weight of the sparse-coding reconstruction term on the top atoms (0 = off)
     atom_recon_lam: float = 0.1         # its codes' L1 weight
@@ -95,6 +96,7 @@ class FSRConfig:
             top_wta=int(opts.get('fsr_top_wta') or 0),
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
             top_wta_st=float(opts.get('fsr_top_wta_st') or 0.0),
+            top_wta_min=float(opts.get('fsr_top_wta_min') or 0.0),
             atom_centre=float(opts.get('fsr_atom_centre') or 0.0),
             atom_recon=float(opts.get('fsr_atom_recon') or 0.0),
             atom_recon_lam=float(opts.get('fsr_atom_recon_lam') if opts.get('fsr_atom_recon_lam') is not None
@@ -168,6 +170,10 @@ def cli_options():
                      'share of their gradient (straight-through; the images are unchanged), so a channel that stopped '
                      'winning can win again where its atom is needed (0 = winners only)',
                      type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-top-wta-min', help='FSR --fsr-top-wta: a winner paints only when its feature value '
+                     'exceeds this (after the suppression), as the synthetic teacher drops weak sites: a dead zone '
+                     'between no site and a site (0 = every positive winner paints)', type=click.FloatRange(min=0),
+                     default=0.0, show_default=True),
         click.option('--fsr-atom-centre', help='FSR heads with kernel >= 2: weight of a prior that pulls the energy '
                      'centroid of every top-head atom to the middle of its window (sum over atoms of the squared '
                      'offset in pixels; 0 = off)', type=click.FloatRange(min=0), default=0.0, show_default=True),

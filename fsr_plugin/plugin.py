@@ -86,7 +86,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
                                                init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta,
                                                head_gain=cfg.head_gain, top_wta_jitter=cfg.top_wta_jitter,
-                                               top_wta_straight_through=cfg.top_wta_st)
+                                               top_wta_straight_through=cfg.top_wta_st, top_wta_min=cfg.top_wta_min)
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -104,7 +104,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
         self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
         if cfg.top_restart > 0:
-            self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta)
+            self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta,
+                                                      min_value=cfg.top_wta_min)
             self._restart['next_nimg'] = self._restart_interval()
         return modules
 
@@ -385,7 +386,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         head = self.heads.head(R)
         atoms = None
         if cfg.atom_recon_used > 0 and R in feats:
-            mass = painted_mass(feats[R], head.wta)                    # no jitter: no random draws
+            mass = painted_mass(feats[R], head.wta, min_value=getattr(head, 'wta_min', 0.0))  # no jitter: no draws
             atoms = (mass >= cfg.atom_recon_used * mass.sum().clamp_min(1e-30)).to(feats[R].device)
             if not bool(atoms.any()):
                 return {}
@@ -493,6 +494,9 @@ def update_training_options(c, options):
     if cfg.atom_recon > 0 and cfg.head_init == 'identity':
         raise click.UsageError('--fsr-atom-recon codes real images in the top head\'s atoms alone, but '
                                '--fsr-head-init=identity makes the top head a residual on the generator\'s image')
+    if cfg.top_wta_min > 0 and cfg.top_wta < 1:
+        raise click.UsageError(f'--fsr-top-wta-min needs --fsr-top-wta >= 1 (a selection to threshold), got '
+                               f'--fsr-top-wta={cfg.top_wta}')
     if cfg.top_wta_st > 0 and cfg.top_wta < 1:
         raise click.UsageError(f'--fsr-top-wta-st needs --fsr-top-wta >= 1 (a selection with losers), got '
                                f'--fsr-top-wta={cfg.top_wta}')

@@ -243,18 +243,27 @@ def top_channel_usage(snapshot, num, seed=0, noise_mode='random'):
     if snapshot.heads is None or R not in snapshot.heads.resolutions:
         return None
     head = snapshot.heads.head(R)
+    s = top_features(snapshot, num, seed=seed, noise_mode=noise_mode)
+    with torch.no_grad():
+        mass = painted_mass(s, getattr(head, 'wta', 0), getattr(head, 'wta_jitter', 0.0),
+                            torch.Generator(device=s.device).manual_seed(int(seed) + 1),
+                            min_value=getattr(head, 'wta_min', 0.0))
+    total = float(mass.sum())
+    return mass / total if total > 0 else mass
+
+
+def top_features(snapshot, num, seed=0, noise_mode='random'):
+    """float32 [num, C, R, R]: G_ema's features at its image resolution R for `num` samples (z from a generator
+    seeded with `seed`; random noise inputs drawn from `seed` too, the global RNG untouched)."""
+    R = int(snapshot.G.img_resolution)
     G = snapshot.G
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn([int(num), G.z_dim], generator=gen).to(snapshot.device)
     c = torch.zeros([int(num), G.c_dim], device=snapshot.device)
-    with torch.no_grad(), isolated_rng(int(seed), snapshot.device):  # the noise inputs: reproducible, RNG untouched
+    with torch.no_grad(), isolated_rng(int(seed), snapshot.device):
         ws = G.mapping(z, c)
         _, feats = G.synthesis(ws, return_features=True, noise_mode=noise_mode, force_fp32=True)
-        s = feats[R].float()
-        mass = painted_mass(s, getattr(head, 'wta', 0), getattr(head, 'wta_jitter', 0.0),
-                            torch.Generator(device=s.device).manual_seed(int(seed) + 1))
-    total = float(mass.sum())
-    return mass / total if total > 0 else mass
+    return feats[R].float()
 
 
 def pyramid_spread(fake_levels, real_levels):

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 __all__ = ['painted_mass', 'winner_take_all', 'wta_mask']
 
 
-def wta_mask(s, window=1, jitter=0.0, generator=None):
+def wta_mask(s, window=1, jitter=0.0, generator=None, min_value=0.0):
     """s [N, C, H, W] -> bool mask [N, C, H, W] of the entries that winner_take_all keeps (no gradient).
     window: 1 = channel selection only; odd w > 1 = also w x w spatial non-maximum suppression.
     jitter >= 0 (window > 1): the suppression compares the winning values plus jitter x (their standard deviation in
     the image) x N(0, 1) noise drawn per site from `generator` (None: the global generator of s's device), as the
-    synthetic teacher jitters its top-level scores; the kept values themselves are not jittered."""
+    synthetic teacher jitters its top-level scores; the kept values themselves are not jittered.
+    min_value >= 0: a winner is kept only when its value exceeds it (after the suppression, as the teacher drops its
+    weak sites: a weak local maximum suppresses its neighbours and paints nothing)."""
     if s.ndim != 4:
         raise ValueError(f'winner_take_all: features must be [N, C, H, W], got {list(s.shape)}')
     window = int(window)
@@ -42,9 +44,11 @@ def wta_mask(s, window=1, jitter=0.0, generator=None):
     if jitter < 0 or (jitter > 0 and window == 1):
         raise ValueError(f'winner_take_all: jitter must be >= 0 and needs a window > 1, got jitter={jitter} with '
                          f'window={window}')
+    if float(min_value) < 0:
+        raise ValueError(f'winner_take_all: min_value must be >= 0, got {min_value!r}')
     with torch.no_grad():
         best = s.amax(dim=1, keepdim=True)                                   # [N, 1, H, W]
-        mask = (s == best) & (best > 0)
+        mask = (s == best) & (best > float(min_value))
         if window > 1:
             score = best
             if jitter > 0:
@@ -56,23 +60,24 @@ def wta_mask(s, window=1, jitter=0.0, generator=None):
     return mask
 
 
-def winner_take_all(s, window=1, jitter=0.0, generator=None, straight_through=0.0):
-    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator) set to 0 (same dtype and
+def winner_take_all(s, window=1, jitter=0.0, generator=None, straight_through=0.0, min_value=0.0):
+    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator, min_value) set to 0 (same dtype and
     shape). straight_through b >= 0: in the backward pass the entries set to 0 get b times their incoming gradient
     (the kept ones get all of it); b = 0 is the plain selection."""
     b = float(straight_through)
     if b < 0:
         raise ValueError(f'winner_take_all: straight_through must be >= 0, got {straight_through!r}')
-    keep = wta_mask(s, window, jitter, generator).to(s.dtype)
+    keep = wta_mask(s, window, jitter, generator, min_value).to(s.dtype)
     out = s * keep
     if b > 0:
         out = out + b * (s - s.detach()) * (1 - keep)
     return out
 
 
-def painted_mass(s, window=0, jitter=0.0, generator=None):
+def painted_mass(s, window=0, jitter=0.0, generator=None, min_value=0.0):
     """s [N, C, H, W] -> float64 [C] on the CPU: each channel's summed values at the entries that a head with this
-    winner-take-all window keeps (wta_mask with jitter and generator); window 0 = no selection, absolute values."""
+    winner-take-all window keeps (wta_mask with jitter, generator and min_value); window 0 = no selection, absolute
+    values."""
     s = s.detach().float()
-    s = s * wta_mask(s, window, jitter, generator).to(s.dtype) if window else s.abs()
+    s = s * wta_mask(s, window, jitter, generator, min_value).to(s.dtype) if window else s.abs()
     return s.double().sum(dim=(0, 2, 3)).cpu()

@@ -82,3 +82,26 @@ def test_counterfactual_gap_is_the_teachers_own_with_its_atoms_and_grows_with_sh
 def test_used_atoms_cli_names_a_missing_snapshot(tmp_path):
     result = CliRunner().invoke(main, [str(tmp_path / 'missing.pkl')])
     assert result.exit_code == 2 and 'does not exist' in result.output
+
+
+def test_used_atoms_cli_on_a_trained_snapshot(tmp_path):
+    """End to end on a short fsr-synthetic run with a 3x3 top head: the atom table, both counterfactuals and the
+    code statistics are printed, and the teacher's row has its designed one site per 3x3 neighbourhood at most."""
+    import glob
+    from test_training import run_train
+    res = run_train(['--outdir', str(tmp_path), '--data=fsr-synthetic:res=16,num=64', '--cfg=cpu-tiny',
+                     '--workers=0', '--tick=0.032', '--kimg=1', '--snap=100', '--fsr=1', '--fsr-head-kernel=3',
+                     '--fsr-unit-atoms=1', '--fsr-top-wta=3', '--fsr-top-wta-min=0.05', '--fsr-main-d=head',
+                     '--metrics=none'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (snap,) = glob.glob(str(tmp_path / '*' / 'network-snapshot-000001.pkl'))
+    out = CliRunner().invoke(main, [snap, '--num=32', '--images=40'])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert any(line.startswith('teacher painted with the matched used atoms') for line in lines)
+    (codes,) = [line for line in lines if line.startswith("the generator's codes painted with the teacher's atoms")]
+    assert float(codes.split()[-1]) > 0
+    teacher = [line.split() for line in lines if line.startswith('teacher ')][-1]
+    assert 0.5 < float(teacher[1]) < 1.0 and float(teacher[2]) == 1.0    # sites per 3x3, isolated
+    (shares,) = [line for line in lines if line.startswith('atom shares')]
+    assert shares.count('/') == 13 and 0 <= float(shares.split()[-1]) <= 1    # 12 atoms and 'teacher / generator'

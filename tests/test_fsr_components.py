@@ -266,9 +266,9 @@ def test_heads_reject_unknown_resolution_and_pickle_round_trip():
 # ----------------------------------------------------------------------------------------------------------------------
 # Winner-take-all top level.
 
-def _np_wta(a, window):
-    """Explicit loops: keep a[n, c, y, x] iff c holds the (positive) channel maximum at (y, x) and that maximum is
-    at least every site's maximum in the window around (y, x)."""
+def _np_wta(a, window, min_value=0.0):
+    """Explicit loops: keep a[n, c, y, x] iff c holds the channel maximum at (y, x), that maximum exceeds min_value
+    (0: is positive) and it is at least every site's maximum in the window around (y, x)."""
     N, C, H, W = a.shape
     best = a.max(axis=1)
     out = np.zeros_like(a)
@@ -277,7 +277,7 @@ def _np_wta(a, window):
         for y in range(H):
             for x in range(W):
                 m = best[n, y, x]
-                if m <= 0:
+                if m <= min_value:
                     continue
                 if m < best[n, max(y - h, 0):y + h + 1, max(x - h, 0):x + h + 1].max():
                     continue
@@ -366,6 +366,33 @@ def test_winner_take_all_jitter_adds_sites_to_a_smooth_map():
         return 9 * float((kept > 0).double().mean())
     assert sites_per_window(0.0) < 0.2
     assert 0.6 < sites_per_window(3.0) < 1.3
+
+
+@pytest.mark.parametrize('window', [1, 3])
+def test_winner_take_all_min_value_drops_weak_winners_after_the_suppression(window):
+    torch.manual_seed(10 + window)
+    a = torch.randn([2, 4, 7, 6], dtype=torch.float64)
+    plain = wta.winner_take_all(a, window)
+    thr = float(plain[plain != 0].median())
+    got = wta.winner_take_all(a, window, min_value=thr)
+    np.testing.assert_array_equal(got.numpy(), _np_wta(a.numpy(), window, min_value=thr))
+    assert 0 < int((got != 0).sum()) < int((plain != 0).sum())
+    assert torch.equal(got, plain * (plain > thr))       # a weak maximum still suppresses its neighbours
+    hand = torch.tensor([[[[0.5, 0.3, 0.0, 0.9]]]], dtype=torch.float64)  # 0.5 suppresses 0.3, then is dropped
+    assert wta.winner_take_all(hand, 3, min_value=0.6).flatten().tolist() == [0, 0, 0, 0.9]
+    assert wta.winner_take_all(hand, 3).flatten().tolist() == [0.5, 0, 0, 0.9]
+    assert wta.painted_mass(hand, 3, min_value=0.6).tolist() == [pytest.approx(0.9)]
+    with pytest.raises(ValueError, match='min_value must be >= 0'):
+        wta.winner_take_all(a, window, min_value=-1)
+    heads = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3, top_wta=3, top_wta_min=0.8)
+    assert heads.head(8).wta_min == 0.8 and heads.head(4).wta_min == 0
+    feats = {8: torch.rand([2, 3, 8, 8]) * 2}
+    base = heads_lib.OutputHeads({4: 2, 8: 3}, img_channels=3, kernel_size=3)
+    base.load_state_dict(heads.state_dict())
+    torch.testing.assert_close(heads(feats)[8], base({8: wta.winner_take_all(feats[8], 3, min_value=0.8)})[8])
+    assert pickle.loads(pickle.dumps(heads)).head(8).wta_min == 0.8
+    with pytest.raises(ValueError, match='wta_min'):
+        heads_lib.OutputHeads({4: 2}, img_channels=3, top_wta_min=0.5)
 
 
 def test_top_wta_head_paints_one_atom_per_winner_and_survives_pickle():

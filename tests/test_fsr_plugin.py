@@ -117,7 +117,7 @@ def test_train_cli_fsr_run(tmp_path):
                                                           '--fsr-sparsity-weight=0.01', '--fsr-top-wta=3',
                                                           '--fsr-head-gain=1', '--fsr-top-wta-jitter=0.5',
                                                           '--fsr-top-wta-st=0.1', '--fsr-head-kernel=3',
-                                                          '--fsr-atom-centre=1'], tmp_path)
+                                                          '--fsr-atom-centre=1', '--fsr-top-wta-min=0.05'], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
     assert run_dir.endswith('-fsr')
@@ -132,6 +132,7 @@ def test_train_cli_fsr_run(tmp_path):
     assert [heads.head(r).wta for r in heads.resolutions] == [0, 0, 3]  # 4, 8 and the top head 16
     assert [heads.head(r).wta_jitter for r in heads.resolutions] == [0, 0, 0.5]
     assert [heads.head(r).wta_straight_through for r in heads.resolutions] == [0, 0, 0.1]
+    assert [heads.head(r).wta_min for r in heads.resolutions] == [0, 0, 0.05]
     assert opts['plugin_options']['fsr_top_wta_st'] == 0.1 and opts['plugin_options']['fsr_atom_centre'] == 1
     stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
     centre = [s['FSR/atom_centre']['mean'] for s in stats if 'FSR/atom_centre' in s]
@@ -140,6 +141,8 @@ def test_train_cli_fsr_run(tmp_path):
     assert not torch.equal(snap['extra_modules']['fsr.heads'].h4.log_gain, torch.zeros([]))  # trained
     res = run_train(['--outdir', str(tmp_path / 'even'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta=2'], tmp_path)
     assert res.returncode != 0 and '--fsr-top-wta must be 0 (off) or odd' in res.stderr
+    res = run_train(['--outdir', str(tmp_path / 'min'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta-min=0.5'], tmp_path)
+    assert res.returncode != 0 and '--fsr-top-wta-min needs --fsr-top-wta >= 1' in res.stderr
     res = run_train(['--outdir', str(tmp_path / 'jitter'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta-jitter=0.5'],
                     tmp_path)
     assert res.returncode != 0 and '--fsr-top-wta-jitter needs --fsr-top-wta >= 3' in res.stderr
