@@ -15,7 +15,9 @@ And the converse (`fsr_plugin.code_anatomy`): the generator's own top-level code
 selection, each times its atom's norm), every channel mapped to its nearest teacher atom, painted with the teacher's
 atoms: the part of the gap that the codes alone cause; beside the statistics of those codes and of the teacher's
 (painted sites per 3x3 neighbourhood, isolated sites, amplitude quantiles, and the total-variation distance between
-the two atom-frequency distributions).
+the two atom-frequency distributions); and the same gap with the amplitude distributions swapped in rank order
+(the generator's codes with the teacher's amplitudes; the teacher's codes with the generator's): how much of the gap
+is the amplitudes.
 
     python bench/fsr_used_atoms.py runs/.../network-snapshot-000040.pkl
 """
@@ -61,8 +63,10 @@ def counterfactual_gap(teacher, learned_atoms, num=500):
 
 def code_counterfactual(teacher, snap, learned, num=500, seed=0):
     """The snapshot's top-level codes for `num` samples mapped to teacher atoms (each channel to its nearest atom by
-    signed cosine) and painted with the teacher's atoms: (gap_2 / floor of those images against the teacher's (the
-    streams of `counterfactual_gap`), statistics of those codes, statistics of the teacher's codes (stream 2))."""
+    signed cosine) and painted with the teacher's atoms. Returns (dict of gap_2 / floor against the teacher's images
+    (the streams of `counterfactual_gap`): 'codes' those codes, 'teacher_amplitudes' those codes with the teacher's
+    amplitude distribution, 'generator_amplitudes' the teacher's codes (stream 2) with the generator's; statistics
+    of the generator's codes; statistics of the teacher's)."""
     R = int(snap.G.img_resolution)
     head = snap.heads.head(R)
     feats = se.top_features(snap, num, seed=seed)
@@ -74,11 +78,15 @@ def code_counterfactual(teacher, snap, learned, num=500, seed=0):
     cos = (l_ / l_.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (t / t.norm(dim=1, keepdim=True)).T
     mapped = code_anatomy.as_teacher_codes(codes, cos.argmax(dim=1).numpy(), teacher.top_atoms)
     mapped = mapped / teacher.image_gain                    # the teacher paints code x unit atom x image_gain
-    ref, other, own = (teacher.sample(num, seed=s)['top_codes'] for s in (0, 1, 2))
-    gap = diagnostics.moment_gap_with_floor(painted_with(teacher, None, ref), painted_with(teacher, None, other),
-                                            painted_with(teacher, None, mapped))
-    return (gap['ratio_2'], code_anatomy.code_statistics(mapped, teacher.top_atoms),
-            code_anatomy.code_statistics(own.double(), teacher.top_atoms))
+    ref, other, own = (teacher.sample(num, seed=s)['top_codes'].double() for s in (0, 1, 2))
+    ref, other = painted_with(teacher, None, ref), painted_with(teacher, None, other)
+
+    def ratio(codes):
+        return diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, codes))['ratio_2']
+    swapped = dict(codes=ratio(mapped), teacher_amplitudes=ratio(code_anatomy.with_amplitudes(mapped, own)),
+                   generator_amplitudes=ratio(code_anatomy.with_amplitudes(own, mapped)))
+    return (swapped, code_anatomy.code_statistics(mapped, teacher.top_atoms),
+            code_anatomy.code_statistics(own, teacher.top_atoms))
 
 
 @click.command()
@@ -130,8 +138,10 @@ def main(snapshot, num, min_usage, images):
         ratio, own = counterfactual_gap(teacher, swap, num=images)
         print(f'teacher painted with the matched used atoms: top-level gap_2 / floor {ratio:.2f} '
               f'(the teacher itself: {own:.2f}; {images} images per sample)')
-    ratio, ours, theirs = code_counterfactual(teacher, snap, learned, num=images)
-    print(f'the generator\'s codes painted with the teacher\'s atoms: top-level gap_2 / floor {ratio:.2f}')
+    ratios, ours, theirs = code_counterfactual(teacher, snap, learned, num=images)
+    print(f'the generator\'s codes painted with the teacher\'s atoms: top-level gap_2 / floor {ratios["codes"]:.2f}; '
+          f'with the teacher\'s amplitudes {ratios["teacher_amplitudes"]:.2f}; the teacher\'s codes with the '
+          f'generator\'s amplitudes {ratios["generator_amplitudes"]:.2f}')
     print('codes      sites/3x3  isolated  codes/site  amp p10   p50    p90    mean')
     for name, st in (('teacher', theirs), ('generator', ours)):
         print(f'{name:10s} {st["sites_per_3x3"]:8.3f}  {st["isolated"]:7.3f}  {st["codes_per_site"]:9.3f}  '

@@ -8,14 +8,16 @@ winner-take-all keeps, times the norm of each channel's atom: the amplitude each
 * summarises them as the teacher's codes are summarised: painted sites per 3x3 neighbourhood, the amplitude's
   quantiles, each teacher atom's share of the painted mass (`code_statistics`);
 * rewrites them as teacher codes (each channel mapped to the teacher atom it is nearest to; `as_teacher_codes`) so
-  that they can be painted with the teacher's own atoms: the part of the gap that the codes alone cause.
+  that they can be painted with the teacher's own atoms: the part of the gap that the codes alone cause;
+* swaps the amplitude distributions of two code sets, site by site in rank order (`with_amplitudes`), to split that
+  part into the amplitudes and the rest (where the sites are, and with which atoms).
 """
 import numpy as np
 import torch
 
 from fsr_plugin.wta import wta_mask
 
-__all__ = ['painted_codes', 'code_statistics', 'as_teacher_codes']
+__all__ = ['painted_codes', 'code_statistics', 'as_teacher_codes', 'with_amplitudes']
 
 
 def painted_codes(features, atoms, window=0, jitter=0.0, generator=None, min_value=0.0):
@@ -72,3 +74,22 @@ def as_teacher_codes(codes, partner, num_atoms):
     keep = partner >= 0
     out.index_add_(1, partner[keep], c[:, keep])
     return out
+
+
+def with_amplitudes(codes, source):
+    """codes [N, K, R, R], source [M, K', R', R'] -> codes with every painted site's amplitude (its code norm over
+    channels) replaced by the source's amplitude of the same rank (the quantile of the source's painted sites at the
+    site's rank among codes' painted sites); placement, atoms and the mix of channels at a site are kept."""
+    c = torch.as_tensor(codes, dtype=torch.float64)
+    src = torch.as_tensor(source, dtype=torch.float64)
+    amp = c.square().sum(dim=1).sqrt()
+    site = amp > 0
+    target = src.square().sum(dim=1).sqrt()
+    target = np.sort(target[target > 0].numpy())
+    if not bool(site.any()) or target.size == 0:
+        raise ValueError('with_amplitudes: both code sets need painted sites')
+    values = amp[site].numpy()
+    ranks = np.argsort(np.argsort(values, kind='stable'), kind='stable') / max(values.size - 1, 1)
+    scale = torch.zeros_like(amp)
+    scale[site] = torch.from_numpy(np.quantile(target, ranks)) / amp[site]
+    return c * scale[:, None]

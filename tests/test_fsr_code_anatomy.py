@@ -67,3 +67,24 @@ def test_as_teacher_codes_adds_channels_into_their_atoms():
         ca.as_teacher_codes(codes, [0, 1, 2], num_atoms=3)
     with pytest.raises(ValueError, match='partner index 3 >= num_atoms 3'):
         ca.as_teacher_codes(codes, [0, 1, 2, 3], num_atoms=3)
+
+
+def test_with_amplitudes_takes_the_sources_distribution_and_keeps_the_sites():
+    torch.manual_seed(5)
+    codes = torch.zeros(2, 3, 5, 5, dtype=torch.float64)
+    codes[0, 0, 1, 1], codes[0, 2, 3, 3], codes[1, 1, 0, 4] = 0.2, 0.1, 0.4
+    codes[1, 0, 2, 2], codes[1, 2, 2, 2] = 0.3, 0.4                 # one site, two channels: norm 0.5
+    source = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    source[0, 0, 0, :] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    source[0, 0, 1, 0] = 5.0
+    out = ca.with_amplitudes(codes, source)
+    assert torch.equal(out != 0, codes != 0)                          # same sites and channels
+    amp = out.square().sum(dim=1).sqrt()
+    # Ranks 0.1 < 0.2 < 0.4 < 0.5 -> quantiles 0, 1/3, 2/3, 1 of [1..5]: 1, 2.333, 3.667, 5.
+    assert [float(amp[0, 3, 3]), float(amp[0, 1, 1]), float(amp[1, 0, 4]), float(amp[1, 2, 2])] == \
+        pytest.approx([1, 7 / 3, 11 / 3, 5])
+    assert float(out[1, 0, 2, 2] / out[1, 2, 2, 2]) == pytest.approx(0.75)   # the mix at a site is kept
+    st = ca.code_statistics(ca.with_amplitudes(source, source))
+    assert st['amp_mean'] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match='need painted sites'):
+        ca.with_amplitudes(torch.zeros(1, 1, 2, 2), source)
