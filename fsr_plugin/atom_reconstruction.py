@@ -8,8 +8,8 @@ term. This module gives the top head one, computed on the real images of each G 
 1. codes: non-negative sparse codes Y >= 0 of the real top-level images X (minus the head's bias) in the head's own
    atoms, normalised to unit norm, by FISTA on 0.5 |X - b - paint(Y, A)|^2 + lam |Y|_1 (no gradient);
 2. loss: 0.5 |X - b - paint(Y, A)|^2 per image (summed over pixels and channels, averaged over images),
-   differentiated with respect to the atoms only. Through the unit normalisation the gradient turns each atom's direction, never its
-   scale (the generator's features and the head's gain set the scale).
+   differentiated with respect to the atoms only. Through the unit normalisation the gradient turns each atom's
+   direction, never its scale (the generator's features and the head's gain set the scale).
 
 This is one step of the oracle's alternating minimisation per G step, on the head's atoms, using the real images the
 discriminator sees anyway. `paint` is the head's convolution exactly (`fsr_plugin.heads.OutputHead`: a true

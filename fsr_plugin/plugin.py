@@ -370,12 +370,12 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return terms
 
     def _atom_recon_terms(self, ctx, feats):
-        """--fsr-atom-recon: {'atom_recon': weight * 0.5 squared residual per image} of the first --fsr-atom-recon-images
-        real images at the top head's resolution, sparse-coded in the head's unit-norm atoms (gradient to the atoms'
-        directions only); with --fsr-atom-recon-used=S only the atoms of channels that paint at least S of the top
-        level in this pass's fake batch (feats: {r: float32 features}); nothing while the real images are below that
-        resolution (an earlier growing stage). Logs FSR/atom_recon_mse, FSR/atom_recon_density,
-        FSR/atom_recon_explained and FSR/atom_recon_atoms (atoms coded with)."""
+        """--fsr-atom-recon: {'atom_recon': weight * 0.5 squared residual per image} of the first
+        --fsr-atom-recon-images real images at the top head's resolution, sparse-coded in the head's unit-norm atoms
+        (gradient to the atoms' directions only); with --fsr-atom-recon-used=S only the atoms of channels that paint
+        at least S of the top level in this pass's fake batch (feats: {r: float32 features}); nothing while the real
+        images are below that resolution (an earlier growing stage). Logs FSR/atom_recon_mse,
+        FSR/atom_recon_density, FSR/atom_recon_explained and FSR/atom_recon_atoms (atoms coded with)."""
         cfg = self.cfg
         real_img = ctx.get('real_img')
         R = self.heads.resolutions[-1]

@@ -61,9 +61,9 @@ def wta_mask(s, window=1, jitter=0.0, generator=None, min_value=0.0):
 
 
 def winner_take_all(s, window=1, jitter=0.0, generator=None, straight_through=0.0, min_value=0.0):
-    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator, min_value) set to 0 (same dtype and
-    shape). straight_through b >= 0: in the backward pass the entries set to 0 get b times their incoming gradient
-    (the kept ones get all of it); b = 0 is the plain selection."""
+    """s [N, C, H, W] -> s with every entry outside wta_mask(s, window, jitter, generator, min_value) set to 0 (same
+    dtype and shape). straight_through b >= 0: in the backward pass the entries set to 0 get b times their incoming
+    gradient (the kept ones get all of it); b = 0 is the plain selection."""
     b = float(straight_through)
     if b < 0:
         raise ValueError(f'winner_take_all: straight_through must be >= 0, got {straight_through!r}')
