@@ -50,21 +50,28 @@ def painted_with(teacher, atoms, codes):
     return F.conv_transpose2d(codes.double(), atoms, padding=1) * teacher.image_gain
 
 
-def counterfactual_gap(teacher, learned_atoms, num=500):
+def teacher_streams(teacher, num):
+    """The teacher's samples that both counterfactuals compare with: (reference images of stream 0, floor images of
+    stream 1, both [num, 3, R, R] float64; top codes of stream 2 [num, K, R, R] float64, the fakes' codes)."""
+    ref, other, fake = (teacher.sample(num, seed=s)['top_codes'].double() for s in (0, 1, 2))
+    return painted_with(teacher, None, ref), painted_with(teacher, None, other), fake
+
+
+def counterfactual_gap(teacher, learned_atoms, num=500, streams=None):
     """Covariance gap ratio (gap_2 / floor_2 at the top level) of the teacher painted with `learned_atoms` [K, 3, 3, 3]
     (row k replaces teacher atom k), against its own images; and the same for the teacher itself (about 1). Both
-    fakes use the codes of image stream 2, the reference stream 0 and the floor stream 1."""
-    ref, other, fake = (teacher.sample(num, seed=s)['top_codes'] for s in (0, 1, 2))
-    ref, other = painted_with(teacher, None, ref), painted_with(teacher, None, other)
+    fakes use the codes of image stream 2, the reference stream 0 and the floor stream 1 (`teacher_streams`, or
+    `streams` as it returns them)."""
+    ref, other, fake = streams if streams is not None else teacher_streams(teacher, num)
     own = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, fake))
     swapped = diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, learned_atoms, fake))
     return swapped['ratio_2'], own['ratio_2']
 
 
-def code_counterfactual(teacher, snap, learned, num=500, seed=0):
+def code_counterfactual(teacher, snap, learned, num=500, seed=0, streams=None):
     """The snapshot's top-level codes for `num` samples mapped to teacher atoms (each channel to its nearest atom by
     signed cosine) and painted with the teacher's atoms. Returns (dict of gap_2 / floor against the teacher's images
-    (the streams of `counterfactual_gap`): 'codes' those codes, 'teacher_amplitudes' those codes with the teacher's
+    (`teacher_streams`, or `streams` as it returns them): 'codes' those codes, 'teacher_amplitudes' those codes with the teacher's
     amplitude distribution, 'generator_amplitudes' the teacher's codes (stream 2) with the generator's; statistics
     of the generator's codes; statistics of the teacher's)."""
     R = int(snap.G.img_resolution)
@@ -73,13 +80,10 @@ def code_counterfactual(teacher, snap, learned, num=500, seed=0):
     gen = torch.Generator(device=feats.device).manual_seed(int(seed) + 1)
     codes = code_anatomy.painted_codes(feats.cpu(), learned, getattr(head, 'wta', 0), getattr(head, 'wta_jitter', 0.0),
                                        gen, min_value=getattr(head, 'wta_min', 0.0))
-    t = teacher.atoms.double().flatten(1)
-    l_ = learned.double().flatten(1)
-    cos = (l_ / l_.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (t / t.norm(dim=1, keepdim=True)).T
-    mapped = code_anatomy.as_teacher_codes(codes, cos.argmax(dim=1).numpy(), teacher.top_atoms)
+    nearest = matching.cosine_matrix(learned, teacher.atoms).argmax(axis=1)
+    mapped = code_anatomy.as_teacher_codes(codes, nearest, teacher.top_atoms)
     mapped = mapped / teacher.image_gain                    # the teacher paints code x unit atom x image_gain
-    ref, other, own = (teacher.sample(num, seed=s)['top_codes'].double() for s in (0, 1, 2))
-    ref, other = painted_with(teacher, None, ref), painted_with(teacher, None, other)
+    ref, other, own = streams if streams is not None else teacher_streams(teacher, num)
 
     def ratio(codes):
         return diagnostics.moment_gap_with_floor(ref, other, painted_with(teacher, None, codes))['ratio_2']
@@ -128,6 +132,7 @@ def main(snapshot, num, min_usage, images):
     print('teacher atoms reached at cos >= 0.9:', ' '.join(names[k] for k in covered) or '-')
     print('missed:', ' '.join(names[k] for k in range(len(names)) if k not in covered) or '-')
     used = np.array([r['index'] for r in rows], dtype=np.int64)
+    streams = teacher_streams(teacher, images)
     if len(used):
         match = matching.atom_recovery(teacher.atoms, learned[torch.from_numpy(used)])
         swap = np.zeros(tuple(teacher.atoms.shape))  # a teacher atom with no used partner is not painted
@@ -135,10 +140,10 @@ def main(snapshot, num, min_usage, images):
             if j >= 0:
                 a = learned[used[j]].numpy()
                 swap[k] = a / max(np.linalg.norm(a), 1e-12)
-        ratio, own = counterfactual_gap(teacher, swap, num=images)
+        ratio, own = counterfactual_gap(teacher, swap, streams=streams)
         print(f'teacher painted with the matched used atoms: top-level gap_2 / floor {ratio:.2f} '
               f'(the teacher itself: {own:.2f}; {images} images per sample)')
-    ratios, ours, theirs = code_counterfactual(teacher, snap, learned, num=images)
+    ratios, ours, theirs = code_counterfactual(teacher, snap, learned, num=images, streams=streams)
     print(f'the generator\'s codes painted with the teacher\'s atoms: top-level gap_2 / floor {ratios["codes"]:.2f}; '
           f'with the teacher\'s amplitudes {ratios["teacher_amplitudes"]:.2f}; the teacher\'s codes with the '
           f'generator\'s amplitudes {ratios["generator_amplitudes"]:.2f}')

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from fsr_plugin.oracle import lipschitz_constant, nonneg_fista
 
-__all__ = ['paint', 'unit_atoms', 'sparse_codes', 'reconstruction_error', 'reconstruction_loss']
+__all__ = ['paint', 'paint_adjoint', 'unit_atoms', 'sparse_codes', 'reconstruction_error', 'reconstruction_loss']
 
 
 def paint(codes, weight, padding):
@@ -28,6 +28,14 @@ def paint(codes, weight, padding):
     [x0, x1, y0, y1] (the head's) -> image [N, C, H, W]: the true convolution the head applies, without its bias."""
     x0, x1, y0, y1 = padding
     return F.conv2d(F.pad(codes, [x0, x1, y0, y1]), weight.flip([2, 3]))
+
+
+def paint_adjoint(images, weight, padding):
+    """The adjoint of `paint`: images [N, C, H, W], weight [C, K, k, k] -> [N, K, H, W], so that
+    <paint(codes), images> = <codes, paint_adjoint(images)> (the codes' gradient of a loss on the painted image)."""
+    x0, _, y0, _ = padding
+    h, w = images.shape[-2:]
+    return F.conv_transpose2d(images, weight.flip([2, 3]))[:, :, y0:y0 + h, x0:x0 + w]
 
 
 def unit_atoms(weight, eps=1e-8):
@@ -50,12 +58,8 @@ def sparse_codes(images, weight, padding, lam, iters=30):
         size = max(images.shape[-1], images.shape[-2], weight.shape[-1], 8)
         step = 1.0 / max(lipschitz_constant(weight.transpose(0, 1).cpu(), size=size), 1e-12)
 
-        def grad(point):
-            # Gradient of the quadratic part at `point`: the adjoint of paint applied to the residual.
-            with torch.enable_grad():
-                p = point.detach().requires_grad_(True)
-                residual = paint(p, weight, padding) - images
-                return torch.autograd.grad(residual, p, grad_outputs=residual)[0]
+        def grad(point):  # gradient of the quadratic part at `point`
+            return paint_adjoint(paint(point, weight, padding) - images, weight, padding)
         n, _, h, w = images.shape
         return nonneg_fista(grad, images.new_zeros(n, weight.shape[1], h, w), step, lam, iters)
 

@@ -23,9 +23,8 @@ __all__ = ['painted_codes', 'code_statistics', 'as_teacher_codes', 'with_amplitu
 def painted_codes(features, atoms, window=0, jitter=0.0, generator=None, min_value=0.0):
     """features [N, C, R, R] (the top block's features), atoms [C, 3, k, k] (the head's effective atoms) ->
     float64 [N, C, R, R]: the features that a head with this winner-take-all window (and min_value) keeps (window 0:
-    all of them),
-    each times the L2 norm of its channel's atom, i.e. the norm of what the site paints (a feature that paints a
-    negative multiple of its atom keeps its sign)."""
+    all of them), each times the L2 norm of its channel's atom, i.e. the norm of what the site paints (a feature that
+    paints a negative multiple of its atom keeps its sign)."""
     s = features.detach().double()
     if window:
         s = s * wta_mask(s.float(), window, jitter, generator, min_value).to(s.dtype)

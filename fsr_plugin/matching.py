@@ -12,7 +12,7 @@ teacher atom scores cosine -1.
 import numpy as np
 import scipy.optimize
 
-__all__ = ['match_filters', 'placed_atom_cosines', 'atom_recovery']
+__all__ = ['cosine_matrix', 'match_filters', 'placed_atom_cosines', 'atom_recovery']
 
 _EPS = 1e-12
 
@@ -37,6 +37,17 @@ def _normalise_rows(x):
     return x / np.maximum(norms, _EPS)  # an all-zero row stays zero (cosine 0 with everything)
 
 
+def cosine_matrix(a, b, what='cosine_matrix'):
+    """float64 [Na, Nb] signed cosine similarity of the rows of `a` [Na, ...] and `b` [Nb, ...] (numpy arrays or
+    torch tensors, flattened to rows; an all-zero row has cosine 0 with everything). Errors name `what`."""
+    a = _as_rows(a, f'{what}: a')
+    b = _as_rows(b, f'{what}: b')
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f'{what}: a and b must have the same filter size D, got {a.shape[1]} and '
+                         f'{b.shape[1]}')
+    return _normalise_rows(a) @ _normalise_rows(b).T
+
+
 def match_filters(a, b, threshold=0.5):
     """Optimal one-to-one matching of the rows of `a` [Na, D] and `b` [Nb, D] by signed cosine similarity.
 
@@ -47,12 +58,7 @@ def match_filters(a, b, threshold=0.5):
         mean_matched_cos: float, mean of matched_cos.
         frac_above:       float, fraction of the min(Na, Nb) pairs whose cosine is > threshold.
     """
-    a = _as_rows(a, 'match_filters: a')
-    b = _as_rows(b, 'match_filters: b')
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f'match_filters: a and b must have the same filter size D, got {a.shape[1]} and '
-                         f'{b.shape[1]}')
-    cos = _normalise_rows(a) @ _normalise_rows(b).T
+    cos = cosine_matrix(a, b, 'match_filters')
     rows, cols = scipy.optimize.linear_sum_assignment(cos, maximize=True)
     matched = cos[rows, cols]
     return dict(

@@ -22,6 +22,17 @@ def test_paint_is_the_heads_convolution_without_bias(kernel):
     assert torch.allclose(ar.paint(codes, head.effective_weight(), head.padding), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('kernel, padding', [(1, [0, 0, 0, 0]), (3, [1, 1, 1, 1]), (4, [1, 2, 1, 2])])
+def test_paint_adjoint_is_the_adjoint_of_paint(kernel, padding):
+    torch.manual_seed(kernel)
+    codes = torch.randn(2, 5, 7, 6, dtype=torch.float64)
+    images = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    weight = torch.randn(3, 5, kernel, kernel, dtype=torch.float64)
+    lhs = (ar.paint(codes, weight, padding) * images).sum()
+    rhs = (codes * ar.paint_adjoint(images, weight, padding)).sum()
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-10)
+
+
 def test_paint_places_each_atom_around_its_site_as_the_teacher_does():
     atoms = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     codes = torch.zeros(1, 4, 6, 6, dtype=torch.float64)
@@ -134,7 +145,7 @@ def test_selected_atoms_alone_code_and_learn():
     assert weight.grad[:, ~chosen].abs().max() == 0 and weight.grad[:, chosen].abs().min() >= 0
     assert weight.grad[:, chosen].abs().sum(dim=[0, 2, 3]).min() > 0     # every chosen atom is coded and turned
     alone, _ = ar.reconstruction_loss(images, weight.detach()[:, chosen], None, [1, 1, 1, 1], lam=0.1)
-    assert float(loss) == pytest.approx(float(alone), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(alone), rel=1e-6)
     with pytest.raises(ValueError, match='no atom selected'):
         ar.reconstruction_loss(images, weight, None, [1, 1, 1, 1], lam=0.1, atoms=torch.zeros(10, dtype=torch.bool))
 
