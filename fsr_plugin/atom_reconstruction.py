@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from fsr_plugin.oracle import lipschitz_constant, nonneg_fista
 
-__all__ = ['paint', 'paint_adjoint', 'unit_atoms', 'sparse_codes', 'reconstruction_error', 'reconstruction_loss']
+__all__ = ['paint', 'paint_adjoint', 'unit_atoms', 'fista_step', 'sparse_codes', 'reconstruction_error',
+           'reconstruction_loss']
 
 
 def paint(codes, weight, padding):
@@ -43,11 +44,19 @@ def unit_atoms(weight, eps=1e-8):
     return weight / (weight.square().sum(dim=[0, 2, 3], keepdim=True) + eps).sqrt()
 
 
-def sparse_codes(images, weight, padding, lam, iters=30):
+def fista_step(weight, size):
+    """weight [C, K, k, k], size (H, W) of the images -> 1 / L as a scalar tensor on the weight's device and dtype,
+    L the largest eigenvalue of the painting operator's normal matrix (from the atoms' Fourier transforms on a grid
+    of at least the image size; an upper bound with zero padding)."""
+    grid = max(int(size[0]), int(size[1]), weight.shape[-1], 8)
+    bound = lipschitz_constant(weight.detach().transpose(0, 1), size=grid, as_tensor=True)
+    return (1.0 / bound.clamp_min(1e-12)).to(weight.dtype)
+
+
+def sparse_codes(images, weight, padding, lam, iters=30, step=None):
     """Non-negative convolutional sparse codes by FISTA: images [N, C, H, W], weight [C, K, k, k] -> codes
     [N, K, H, W] >= 0 approximately minimising 0.5 |images - paint(codes, weight)|^2 + lam * sum(codes). The step is
-    1 / L with L the largest eigenvalue of the painting operator's normal matrix (from the atoms' Fourier
-    transforms; an upper bound with zero padding). No gradient flows through the codes."""
+    `step`, or by default `fista_step(weight, (H, W))`. No gradient flows through the codes."""
     if images.ndim != 4 or weight.ndim != 4 or images.shape[1] != weight.shape[0]:
         raise ValueError(f'sparse_codes: images [N, C, H, W] and weight [C, K, k, k] must agree on C, got '
                          f'{list(images.shape)} and {list(weight.shape)}')
@@ -55,8 +64,7 @@ def sparse_codes(images, weight, padding, lam, iters=30):
         raise ValueError(f'sparse_codes: lam must be >= 0 and iters >= 1, got {lam}, {iters}')
     with torch.no_grad():
         weight = weight.detach()
-        size = max(images.shape[-1], images.shape[-2], weight.shape[-1], 8)
-        step = 1.0 / max(lipschitz_constant(weight.transpose(0, 1).cpu(), size=size), 1e-12)
+        step = fista_step(weight, images.shape[-2:]) if step is None else step
 
         def grad(point):  # gradient of the quadratic part at `point`
             return paint_adjoint(paint(point, weight, padding) - images, weight, padding)
@@ -72,7 +80,7 @@ def reconstruction_error(images, codes, weight, padding):
     return 0.5 * residual.square().sum() / images.shape[0]
 
 
-def reconstruction_loss(images, weight, bias, padding, lam, iters=30, atoms=None):
+def reconstruction_loss(images, weight, bias, padding, lam, iters=30, atoms=None, return_codes=False):
     """The `--fsr-atom-recon` term: images [N, C, H, W] (real, at the head's resolution), weight [C, K, k, k] (the
     head's effective weight, with gradient), bias [C] or None (detached: the background the codes do not paint),
     atoms: None (every atom) or a bool [K] / index tensor of the atoms the codes may use (the others get no gradient).
@@ -80,7 +88,8 @@ def reconstruction_loss(images, weight, bias, padding, lam, iters=30, atoms=None
     Returns (loss, stats): loss = reconstruction_error of the images minus the bias, with codes from
     `sparse_codes` on the unit-normalised atoms (fixed), as a function of the unit-normalised atoms; stats = dict of
     float tensors: 'mse' (the residual's mean square), 'density' (fraction of codes > 0), 'explained' (1 - residual
-    energy / image energy)."""
+    energy / image energy). With return_codes also a dict: 'codes' [N, K', H, W], 'target' (the images minus the
+    bias), 'unit' (the unit atoms coded with, detached) and 'step' (the FISTA step), for more work on the same codes."""
     target = images.float()
     if bias is not None:
         target = target - bias.detach().float().reshape(1, -1, 1, 1)
@@ -89,10 +98,13 @@ def reconstruction_loss(images, weight, bias, padding, lam, iters=30, atoms=None
         if weight.shape[1] == 0:
             raise ValueError('reconstruction_loss: no atom selected')
     unit = unit_atoms(weight.float())
-    codes = sparse_codes(target, unit, padding, lam, iters=iters)
+    step = fista_step(unit, target.shape[-2:])
+    codes = sparse_codes(target, unit, padding, lam, iters=iters, step=step)
     loss = reconstruction_error(target, codes, unit, padding)
     with torch.no_grad():
         mse = 2 * loss.detach() / target[0].numel()
         stats = dict(mse=mse, density=(codes > 0).float().mean(),
                      explained=1 - mse / target.square().mean().clamp_min(1e-12))
+    if return_codes:
+        return loss, stats, dict(codes=codes, target=target, unit=unit.detach(), step=step)
     return loss, stats

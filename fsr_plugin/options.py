@@ -44,6 +44,9 @@ class FSRConfig:
     atom_recon_iters: int = 30          # its FISTA iterations per G step
     atom_recon_images: int = 8          # real images it codes per G step
     atom_recon_used: float = 0.0        # its codes use only channels with at least this share of the painted top level
+    top_amp: float = 0.0                # weight of the top level's amplitude matching against those codes (0 = off)
+    top_amp_min: float = 0.3            # real coded sites weaker than this are FISTA's residue, not sites
+    top_amp_refit: int = 20             # least-squares iterations that undo the codes' L1 shrinkage on their support
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -104,6 +107,9 @@ class FSRConfig:
             atom_recon_iters=int(opts.get('fsr_atom_recon_iters') or 30),
             atom_recon_images=int(opts.get('fsr_atom_recon_images') or 8),
             atom_recon_used=float(opts.get('fsr_atom_recon_used') or 0.0),
+            top_amp=float(opts.get('fsr_top_amp') or 0.0),
+            top_amp_min=float(opts.get('fsr_top_amp_min') if opts.get('fsr_top_amp_min') is not None else 0.3),
+            top_amp_refit=int(opts.get('fsr_top_amp_refit') if opts.get('fsr_top_amp_refit') is not None else 20),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -192,6 +198,16 @@ def cli_options():
                      'paint at least this share of the top level in the same G step\'s fake batch (the atoms the '
                      'generator draws with; 0 = every atom)', type=click.FloatRange(min=0, max=1, max_open=True),
                      default=0.0, show_default=True),
+        click.option('--fsr-top-amp', help='FSR --fsr-atom-recon with --fsr-top-wta: weight of a term that matches '
+                     'the amplitudes of the top level\'s painted sites (winning feature x atom norm) to those of the '
+                     'real images\' sparse codes in the same atoms (refitted without shrinkage): the squared 1-D '
+                     'Wasserstein-2 distance of the two samples (0 = off)', type=click.FloatRange(min=0), default=0.0,
+                     show_default=True),
+        click.option('--fsr-top-amp-min', help='FSR --fsr-top-amp: coded real sites weaker than this amplitude '
+                     '(image units) are not counted', type=click.FloatRange(min=0), default=0.3, show_default=True),
+        click.option('--fsr-top-amp-refit', help='FSR --fsr-top-amp: least-squares iterations on the codes\' support '
+                     'that undo the L1 shrinkage (0 = none)', type=click.IntRange(min=0), default=20,
+                     show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '
                      'since the last restart, each from one of the most used channels (split; 0 = off)',

@@ -39,13 +39,15 @@ def _check_images(images):
     return images.float()
 
 
-def lipschitz_constant(atoms, size=32):
+def lipschitz_constant(atoms, size=32, as_tensor=False):
     """Largest eigenvalue of A^T A for the synthesis Y -> conv_transpose2d(Y, atoms, padding=1), atoms [K, C, 3, 3]:
     max over the `size` x `size` frequency grid of the squared largest singular value of the [C, K] matrix of the
-    atoms' Fourier transforms (exact for circular boundaries, an upper bound for zero padding)."""
+    atoms' Fourier transforms (exact for circular boundaries, an upper bound for zero padding). A float, or with
+    as_tensor a float64 scalar tensor on the atoms' device (no synchronisation with an accelerator)."""
     spec = torch.fft.fft2(atoms.double(), s=(size, size))           # [K, C, size, size]
     mats = spec.permute(2, 3, 1, 0).reshape(size * size, atoms.shape[1], atoms.shape[0])
-    return float(torch.linalg.matrix_norm(mats, ord=2).max() ** 2)
+    value = torch.linalg.matrix_norm(mats, ord=2).max() ** 2
+    return value if as_tensor else float(value)
 
 
 def sparse_codes(images, atoms, lam, iters=50, lipschitz=None):

@@ -28,6 +28,7 @@ from training import hooks as hooks_lib
 from training import networks
 
 from . import atom_centring
+from . import amplitude_matching
 from . import atom_reconstruction
 from . import channel_restart
 from . import fsr_metrics
@@ -42,6 +43,7 @@ from .schedule import FSRSchedule
 from .sparsity import SparsityPenalty
 from . import upsampling_disc
 from .wta import painted_mass
+from .wta import wta_mask
 
 UPSAMPLING_DISCRIMINATOR = f'{upsampling_disc.__name__}.UpsamplingDiscriminator'  # class_name for D_kwargs
 
@@ -390,13 +392,43 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             atoms = (mass >= cfg.atom_recon_used * mass.sum().clamp_min(1e-30)).to(feats[R].device)
             if not bool(atoms.any()):
                 return {}
-        loss, stats = atom_reconstruction.reconstruction_loss(images, head.effective_weight(), head.bias,
-                                                              head.padding, cfg.atom_recon_lam,
-                                                              iters=cfg.atom_recon_iters, atoms=atoms)
+        weight = head.effective_weight()
+        loss, stats, coded = atom_reconstruction.reconstruction_loss(images, weight, head.bias, head.padding,
+                                                                     cfg.atom_recon_lam, iters=cfg.atom_recon_iters,
+                                                                     atoms=atoms, return_codes=True)
         stats['atoms'] = torch.tensor(float(head.in_channels if atoms is None else int(atoms.sum())))
         for name, value in stats.items():
             training_stats.report(f'FSR/atom_recon_{name}', value)
-        return {'atom_recon': cfg.atom_recon * loss}
+        terms = {'atom_recon': cfg.atom_recon * loss}
+        if cfg.top_amp > 0 and R in feats:
+            terms['top_amp'] = cfg.top_amp * self._top_amp_loss(feats[R], head, weight, coded, ctx)
+        return terms
+
+    def _top_amp_loss(self, features, head, weight, coded, ctx):
+        """--fsr-top-amp: the squared 1-D Wasserstein-2 distance between the amplitudes of the top level's painted
+        sites (features [N, C, R, R] with gradient, kept by the head's selection drawn afresh from a generator seeded
+        by the step's image count, times the norms of `weight`'s atoms) and the real coded sites' (coded: the
+        reconstruction term's codes, refitted on their support, sites above --fsr-top-amp-min). Logs FSR/top_amp
+        and the 10% and 50% quantiles FSR/top_amp_{fake,real}_p{10,50}."""
+        cfg = self.cfg
+        codes = coded['codes']
+        if cfg.top_amp_refit > 0:
+            codes = amplitude_matching.refit_on_support(coded['target'], codes, coded['unit'], head.padding,
+                                                        coded['step'], iters=cfg.top_amp_refit)
+        real = amplitude_matching.site_amplitudes(codes, cfg.top_amp_min)
+        gen = torch.Generator(device=features.device).manual_seed(int(ctx.get('cur_nimg', 0)) + 1)
+        mask = wta_mask(features.detach(), head.wta, getattr(head, 'wta_jitter', 0.0), gen,
+                        getattr(head, 'wta_min', 0.0))
+        norms = weight.square().sum(dim=[0, 2, 3]).sqrt()
+        fake = amplitude_matching.painted_amplitudes(features, mask, norms)
+        value = amplitude_matching.quantile_matching_loss(fake, real)
+        training_stats.report('FSR/top_amp', value)
+        for name, sample in (('fake', fake.detach()), ('real', real)):
+            if sample.numel():
+                q = torch.quantile(sample.float(), torch.tensor([0.1, 0.5], device=sample.device))
+                training_stats.report(f'FSR/top_amp_{name}_p10', q[0])
+                training_stats.report(f'FSR/top_amp_{name}_p50', q[1])
+        return value
 
     def _moment_terms(self, fake_pyr, ctx):
         """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
@@ -494,6 +526,10 @@ def update_training_options(c, options):
     if cfg.atom_recon > 0 and cfg.head_init == 'identity':
         raise click.UsageError('--fsr-atom-recon codes real images in the top head\'s atoms alone, but '
                                '--fsr-head-init=identity makes the top head a residual on the generator\'s image')
+    if cfg.top_amp > 0 and (cfg.atom_recon <= 0 or cfg.top_wta < 1):
+        raise click.UsageError(f'--fsr-top-amp matches the top level\'s painted sites against the real images\' codes '
+                               f'of --fsr-atom-recon, so it needs --fsr-atom-recon > 0 and --fsr-top-wta >= 1 (sites '
+                               f'to match), got --fsr-atom-recon={cfg.atom_recon} --fsr-top-wta={cfg.top_wta}')
     if cfg.top_wta_min > 0 and cfg.top_wta < 1:
         raise click.UsageError(f'--fsr-top-wta-min needs --fsr-top-wta >= 1 (a selection to threshold), got '
                                f'--fsr-top-wta={cfg.top_wta}')

@@ -112,6 +112,31 @@ def test_train_cli_atom_recon(tmp_path):
     assert res.returncode != 0 and '--fsr-head-init=identity makes the top head a residual' in res.stderr
 
 
+def test_train_cli_top_amp(tmp_path):
+    """--fsr-top-amp: recorded, the term and the two samples' quantiles logged; refused without the codes of
+    --fsr-atom-recon."""
+    res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-head-kernel=3',
+                                                          '--fsr-unit-atoms=1', '--fsr-relu=1', '--fsr-top-wta=3',
+                                                          '--fsr-top-wta-jitter=1', '--fsr-atom-recon=1',
+                                                          '--fsr-atom-recon-images=4', '--fsr-atom-recon-iters=10',
+                                                          '--fsr-top-amp=3', '--fsr-top-amp-min=0.05',
+                                                          '--fsr-top-amp-refit=5'], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_dir,) = glob.glob(str(tmp_path / '00000-*'))
+    opts = json.load(open(os.path.join(run_dir, 'training_options.json')))['plugin_options']
+    assert (opts['fsr_top_amp'], opts['fsr_top_amp_min'], opts['fsr_top_amp_refit']) == (3, 0.05, 5)
+    stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
+    assert len(stats) > 5
+    for s in stats:
+        assert s['Loss/fsr/top_amp']['mean'] == pytest.approx(3 * s['FSR/top_amp']['mean'], rel=1e-4)
+        assert s['FSR/top_amp']['mean'] > 0
+        assert 0.05 < s['FSR/top_amp_real_p10']['mean'] <= s['FSR/top_amp_real_p50']['mean']
+        assert 0 < s['FSR/top_amp_fake_p10']['mean'] <= s['FSR/top_amp_fake_p50']['mean']
+    res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', '--fsr-top-wta=3',
+                                                                        '--fsr-top-amp=1'], tmp_path)
+    assert res.returncode != 0 and '--fsr-top-amp matches the top level' in res.stderr
+
+
 def test_train_cli_fsr_run(tmp_path):
     res = run_train(['--outdir', str(tmp_path)] + TINY + ['--kimg=1', '--snap=1', '--fsr=1', '--fsr-relu=1',
                                                           '--fsr-sparsity-weight=0.01', '--fsr-top-wta=3',
