@@ -8,8 +8,8 @@ strengthening them and lost the arrangement they filled. This module strengthens
 
 * the real amplitudes come from the same sparse codes the reconstruction term computes on each G step's real
   images (`fsr_plugin.atom_reconstruction.sparse_codes`, unit-norm atoms), refitted without the L1 shrinkage on
-  their support (`refit_on_support`), one amplitude per coded site (the codes' norm over channels), sites weaker
-  than a threshold dropped (FISTA's residue);
+  their support (`refit_on_support`), one amplitude per coded site (the norm of what its codes paint together, as
+  the head holds several copies of an atom), sites weaker than a threshold dropped (FISTA's residue);
 * the fake amplitudes are the generator's winning top-level features times their atom's norm: the norm of what each
   site paints (`painted_amplitudes`, differentiable);
 * the loss is the squared 1-D Wasserstein-2 distance between the two (`quantile_matching_loss`): the sorted fake
@@ -37,12 +37,22 @@ def refit_on_support(images, codes, weight, padding, step, iters=10):
         return nonneg_fista(grad, codes, step, 0.0, iters) * support
 
 
-def site_amplitudes(codes, threshold=0.0):
-    """codes [N, K, H, W] -> float [M]: the code norm over channels at every site where it exceeds threshold (the
-    amplitude a site paints with unit-norm atoms)."""
+def site_amplitudes(codes, threshold=0.0, weight=None):
+    """codes [N, K, H, W], weight [C, K, k, k] or None -> float [M]: at every site, the norm of what its codes paint
+    there, |sum_k codes_k weight[:, k]| = sqrt(y^T G y) with G the atoms' Gram matrix (None: orthonormal atoms, the
+    code norm over channels), kept where it exceeds threshold. A head holds several copies of an atom, and the codes
+    split a site's amplitude among them (6-8 non-zero codes per coded site on a trained synthetic run): the painted
+    norm adds them up again, the code norm would not."""
     if codes.ndim != 4:
         raise ValueError(f'site_amplitudes: codes must be [N, K, H, W], got {list(codes.shape)}')
-    amp = codes.square().sum(dim=1).sqrt()
+    if weight is None:
+        amp = codes.square().sum(dim=1).sqrt()
+    else:
+        if weight.ndim != 4 or weight.shape[1] != codes.shape[1]:
+            raise ValueError(f'site_amplitudes: weight must be [C, {codes.shape[1]}, k, k], got {list(weight.shape)}')
+        flat = weight.detach().to(codes.dtype).transpose(0, 1).flatten(1)              # [K, C k k]
+        gram = flat @ flat.T
+        amp = torch.einsum('nkhw,kl,nlhw->nhw', codes, gram, codes).clamp_min(0).sqrt()
     return amp[amp > float(threshold)]
 
 

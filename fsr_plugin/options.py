@@ -46,7 +46,7 @@ class FSRConfig:
     atom_recon_used: float = 0.0        # its codes use only channels with at least this share of the painted top level
     top_amp: float = 0.0                # weight of the top level's amplitude matching against those codes (0 = off)
     top_amp_min: float = 0.3            # real coded sites weaker than this are FISTA's residue, not sites
-    top_amp_refit: int = 20             # least-squares iterations that undo the codes' L1 shrinkage on their support
+    top_amp_refit: int = 60             # least-squares iterations that undo the codes' L1 shrinkage on their support
     top_restart: float = 0.0            # restart dead top-level channels every this many kimg (0 = off)
     top_restart_share: float = 0.01     # a channel is dead below this share of the top level's painted mass
     top_restart_max: int = 2            # at most this many restarts per event
@@ -109,7 +109,7 @@ class FSRConfig:
             atom_recon_used=float(opts.get('fsr_atom_recon_used') or 0.0),
             top_amp=float(opts.get('fsr_top_amp') or 0.0),
             top_amp_min=float(opts.get('fsr_top_amp_min') if opts.get('fsr_top_amp_min') is not None else 0.3),
-            top_amp_refit=int(opts.get('fsr_top_amp_refit') if opts.get('fsr_top_amp_refit') is not None else 20),
+            top_amp_refit=int(opts.get('fsr_top_amp_refit') if opts.get('fsr_top_amp_refit') is not None else 60),
             top_restart=float(opts.get('fsr_top_restart') or 0.0),
             top_restart_share=float(opts.get('fsr_top_restart_share') if opts.get('fsr_top_restart_share') is not None
                                     else 0.01),
@@ -206,7 +206,7 @@ def cli_options():
         click.option('--fsr-top-amp-min', help='FSR --fsr-top-amp: coded real sites weaker than this amplitude '
                      '(image units) are not counted', type=click.FloatRange(min=0), default=0.3, show_default=True),
         click.option('--fsr-top-amp-refit', help='FSR --fsr-top-amp: least-squares iterations on the codes\' support '
-                     'that undo the L1 shrinkage (0 = none)', type=click.IntRange(min=0), default=20,
+                     'that undo the L1 shrinkage (0 = none)', type=click.IntRange(min=0), default=60,
                      show_default=True),
         click.option('--fsr-top-restart', help='FSR --fsr-top-wta with --fsr-main-d=head: every this many kimg, '
                      're-initialise top-level channels that painted less than --fsr-top-restart-share of the top level '

@@ -408,14 +408,15 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         """--fsr-top-amp: the squared 1-D Wasserstein-2 distance between the amplitudes of the top level's painted
         sites (features [N, C, R, R] with gradient, kept by the head's selection drawn afresh from a generator seeded
         by the step's image count, times the norms of `weight`'s atoms) and the real coded sites' (coded: the
-        reconstruction term's codes, refitted on their support, sites above --fsr-top-amp-min). Logs FSR/top_amp
+        reconstruction term's codes, refitted on their support; the norm of what each coded site paints, sites above
+        --fsr-top-amp-min). Logs FSR/top_amp
         and the 10% and 50% quantiles FSR/top_amp_{fake,real}_p{10,50}."""
         cfg = self.cfg
         codes = coded['codes']
         if cfg.top_amp_refit > 0:
             codes = amplitude_matching.refit_on_support(coded['target'], codes, coded['unit'], head.padding,
                                                         coded['step'], iters=cfg.top_amp_refit)
-        real = amplitude_matching.site_amplitudes(codes, cfg.top_amp_min)
+        real = amplitude_matching.site_amplitudes(codes, cfg.top_amp_min, weight=coded['unit'])
         gen = torch.Generator(device=features.device).manual_seed(int(ctx.get('cur_nimg', 0)) + 1)
         mask = wta_mask(features.detach(), head.wta, getattr(head, 'wta_jitter', 0.0), gen,
                         getattr(head, 'wta_min', 0.0))

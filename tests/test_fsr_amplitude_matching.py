@@ -55,6 +55,28 @@ def test_site_amplitudes_on_hand_codes():
         am.site_amplitudes(codes[0])
 
 
+def test_site_amplitudes_add_up_copies_of_an_atom():
+    """A site coded with two copies of one atom paints their summed amplitude; with an orthogonal pair, the norm."""
+    gen = torch.Generator().manual_seed(2)
+    a = ar.unit_atoms(torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64))
+    b = torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = b - (b * a).sum() * a                                            # orthogonal to a
+    weight = torch.cat([a, a, ar.unit_atoms(b)], dim=1)                  # [3, 3, 3, 3]: atom 0 twice, then b
+    codes = torch.zeros(1, 3, 6, 6, dtype=torch.float64)
+    codes[0, 0, 1, 1], codes[0, 1, 1, 1] = 0.3, 0.5                      # split between the copies
+    codes[0, 0, 3, 4], codes[0, 2, 3, 4] = 0.6, 0.8                      # a and b at one site
+    amps = sorted(am.site_amplitudes(codes, weight=weight).tolist())
+    assert amps == pytest.approx([0.8, 1.0], rel=1e-8)            # unit_atoms: norm 1 up to its eps
+    # Against the painted image itself: each (interior) site alone painted, its norm.
+    for y, x in ((1, 1), (3, 4)):
+        alone = torch.zeros_like(codes)
+        alone[..., y, x] = codes[..., y, x]
+        assert float(ar.paint(alone, weight, [1, 1, 1, 1]).norm()) in [pytest.approx(v, rel=1e-12) for v in amps]
+    assert sorted(am.site_amplitudes(codes).tolist()) == pytest.approx([np.hypot(0.3, 0.5), 1.0])
+    with pytest.raises(ValueError, match='weight must be'):
+        am.site_amplitudes(codes, weight=weight[:, :2])
+
+
 def test_painted_amplitudes_values_and_gradient():
     feats = torch.tensor([[[[2.0, 0.5]], [[1.0, 3.0]]]], requires_grad=True)        # [1, 2, 1, 2]
     mask = torch.tensor([[[[True, False]], [[False, True]]]])
