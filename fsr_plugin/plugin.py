@@ -364,7 +364,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             if not weights:
                 continue
             losses = patch_swd.level_swd_losses(fake_pyr, real_pyr, weights, patch_size=patch,
-                                                num_dirs=self.cfg.swd_dirs, seed=seed, pairs=pairs)
+                                                num_dirs=self.cfg.swd_dirs, seed=seed, pairs=pairs,
+                                                unbiased=self.cfg.swd_unbiased)
             for r, (_, value) in losses.items():
                 training_stats.report(f'FSR/{name}_r{r}', value)
             if losses:
