@@ -114,15 +114,17 @@ def test_real_pyramid_cache_matches_the_batch_object_not_its_address():
     assert torch.equal(plugin._real_pyramid(view, [4, 8])[4], pyramid_lib.build_pyramid(view, [4, 8])[4])
 
 
-def test_fsr_swd_trains_and_reports_per_level(tmp_path, one_thread):
+@pytest.mark.parametrize('unbiased', [False, True])
+def test_fsr_swd_trains_and_reports_per_level(tmp_path, one_thread, unbiased):
     plugin = make_plugin(dict(fsr=True, fsr_pair=False, fsr_swd='8:1,16:2', fsr_swd_dirs=16, fsr_swd_pairs=True,
-                              fsr_swd_image='4:0.5'),
+                              fsr_swd_image='4:0.5', fsr_swd_unbiased=unbiased),
                          dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
-    assert isinstance(plugin, FSRPlugin)
+    assert isinstance(plugin, FSRPlugin) and plugin.cfg.swd_unbiased is unbiased
     training_loop.training_loop(**loop_kwargs(tmp_path, 0.064, plugins=[plugin]))
     assert plugin.swd_weights == {8: 1.0, 16: 2.0} and plugin.swd_image_weights == {4: 0.5}
     stats = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()][-1]
     for key in ('Loss/fsr/swd', 'FSR/swd_r8', 'FSR/swd_r16', 'Loss/fsr/swd_image', 'FSR/swd_image_r4'):
+        # The split-half form can be negative on a batch, but not at the start of training (fakes far from reals).
         assert key in stats and stats[key]['mean'] > 0, key
     assert 'FSR/swd_r4' not in stats and 'FSR/swd_image_r8' not in stats
 
@@ -175,3 +177,52 @@ def test_whole_image_swd_sees_a_collapse_that_patches_miss():
     expected = patch_swd.sliced_wasserstein_loss(fake[8].reshape(64, -1), real[8].reshape(64, -1), dirs,
                                                  relative=True)
     torch.testing.assert_close(images[8][1], expected)
+
+
+def _scaled_swd(gain, unbiased, draws=400, n=32, dim=6):
+    """Mean over draws of the (plain or split-half) SWD between gain x N(0, I) and N(0, I), n points each."""
+    gen = torch.Generator().manual_seed(0)
+    dirs = patch_swd.random_directions(dim, 16, seed=2, dtype=torch.float64)
+    loss = patch_swd.debiased_sliced_wasserstein_loss if unbiased else patch_swd.sliced_wasserstein_loss
+    total = 0.0
+    for _ in range(draws):
+        fake = gain * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        real = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        total += float(loss(fake, real, dirs))
+    return total / draws
+
+
+def test_split_half_swd_has_no_pull_towards_a_narrower_sample():
+    """Samples of 32: the plain loss scores a fake sample scaled by 0.92 lower than one from the reals' own
+    distribution; the split-half form scores the reals' distribution lowest, and its mean is about rho (g - 1)^2."""
+    plain = {g: _scaled_swd(g, False) for g in (0.92, 1.0)}
+    split = {g: _scaled_swd(g, True) for g in (0.8, 0.92, 1.0, 1.2)}
+    assert plain[0.92] < plain[1.0]
+    assert split[1.0] < split[0.92] and split[1.0] < split[1.2] and abs(split[1.0]) < 0.01
+    # Gaussian scale family: the expectation is rho (g - 1)^2 with one rho for every gain (0.5 < rho < 1, halves of 16).
+    rho = [split[g] / (g - 1) ** 2 for g in (0.8, 1.2)]
+    assert 0.5 < rho[0] < 1 and 0.5 < rho[1] < 1 and abs(rho[0] - rho[1]) < 0.15
+
+
+def test_split_half_swd_formula_gradient_and_errors():
+    gen = torch.Generator().manual_seed(3)
+    fake = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    real = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    dirs = patch_swd.random_directions(4, 5, seed=1, dtype=torch.float64)
+    sw = patch_swd.sliced_wasserstein_loss
+    expect = 0.5 * (sw(fake[:3], real[:4], dirs, 0) + sw(fake[3:], real[4:], dirs, 1)) \
+        - 0.5 * sw(fake[:3], fake[3:], dirs, 2) - 0.5 * sw(real[:4], real[4:], dirs, 3)
+    torch.testing.assert_close(patch_swd.debiased_sliced_wasserstein_loss(fake, real, dirs), expect)
+    assert torch.autograd.gradcheck(lambda f: patch_swd.debiased_sliced_wasserstein_loss(f, real, dirs), (fake,))
+    with pytest.raises(ValueError, match='even number'):
+        patch_swd.debiased_sliced_wasserstein_loss(fake[:5], real, dirs)
+    # Per level: halves of whole images; an odd batch is refused.
+    pyr_f = {8: torch.randn(4, 3, 8, 8, generator=gen)}
+    pyr_r = {8: torch.randn(4, 3, 8, 8, generator=gen)}
+    out = patch_swd.level_swd_losses(pyr_f, pyr_r, {8: 1.0}, num_dirs=8, seed=4, unbiased=True)
+    d = patch_swd.random_directions(27, 8, seed=4 * 1009 + 8)
+    rows_f, rows_r = patch_swd.patch_rows(pyr_f[8], 3), patch_swd.patch_rows(pyr_r[8], 3)
+    torch.testing.assert_close(out[8][1], patch_swd.debiased_sliced_wasserstein_loss(rows_f, rows_r, d, seed=4,
+                                                                                      relative=True))
+    with pytest.raises(ValueError, match='even batches'):
+        patch_swd.level_swd_losses({8: pyr_f[8][:3]}, pyr_r, {8: 1.0}, num_dirs=8, unbiased=True)
