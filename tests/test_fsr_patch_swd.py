@@ -232,8 +232,8 @@ def test_swd_bias_bench_prints_every_form():
     from click.testing import CliRunner
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
     import fsr_swd_bias
-    res = CliRunner().invoke(fsr_swd_bias.main, ['--res=8', '--batch=4', '--batches=1'])
+    res = CliRunner().invoke(fsr_swd_bias.main, ['--res=16', '--batch=4', '--batches=1'])
     assert res.exit_code == 0, res.output
     heads = [line for line in res.output.splitlines() if 'gain with the lowest loss' in line]
-    assert len(heads) == 4 and all('r=4:' in h and 'r=8:' in h for h in heads)
+    assert len(heads) == 4 and all('r=4:' in h and 'r=16:' in h for h in heads)
     assert sum('split-half' in h for h in heads) == 2 and res.output.count('  gain ') == 24
