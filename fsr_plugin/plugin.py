@@ -378,7 +378,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         (gradient to the atoms' directions only); with --fsr-atom-recon-used=S only the atoms of channels that paint
         at least S of the top level in this pass's fake batch (feats: {r: float32 features}); nothing while the real
         images are below that resolution (an earlier growing stage). Logs FSR/atom_recon_mse,
-        FSR/atom_recon_density, FSR/atom_recon_explained and FSR/atom_recon_atoms (atoms coded with)."""
+        FSR/atom_recon_density, FSR/atom_recon_explained and FSR/atom_recon_atoms (atoms coded with). With
+        --fsr-top-amp also {'top_amp': ...} on the same codes (`_top_amp_loss`)."""
         cfg = self.cfg
         real_img = ctx.get('real_img')
         R = self.heads.resolutions[-1]
