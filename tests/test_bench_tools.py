@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.collapse_bisect import PackedDiscriminator
+from bench.fsr_d_contrast import contrast_scores
 from bench.mnist_mode_coverage import DigitClassifier, class_figures, classify_fakes
 
 
@@ -71,3 +72,17 @@ def test_classify_fakes_clamps_and_normalises():
     expected = model(G(z, None, scale=2.0).clamp(-1, 1)).softmax(1)
     assert torch.allclose(probs, expected)
     assert torch.allclose(probs.sum(1), torch.ones(4))
+
+
+def test_d_contrast_scores_against_a_hand_discriminator():
+    """A 'discriminator' scoring minus the mean absolute deviation from 0.5: the images' mean is 0.5 per channel, so
+    the score at gain g is -g x (mean absolute deviation) exactly, falling with the contrast."""
+    images = torch.zeros(4, 3, 2, 2)
+    images[:, :, 0, 0], images[:, :, 1, 1] = 1.0, 0.0
+    images[:, :, 0, 1], images[:, :, 1, 0] = 0.75, 0.25          # per-channel mean 0.5, mean |x - 0.5| = 0.375
+
+    def D(x, c):
+        assert c.shape == (4, 0)
+        return -(x - 0.5).abs().mean(dim=(1, 2, 3))
+    scores = contrast_scores(D, images, gains=(0.5, 1.0, 2.0))
+    assert scores.tolist() == pytest.approx([-0.1875, -0.375, -0.75])
