@@ -44,7 +44,8 @@ def main(snapshot, num, threads):
     D = snap.D.float()
     for name, images in (('real', real), ('fake', fake)):
         scores = contrast_scores(D, images, c_dim=snap.G.c_dim)
-        print(f'{name}: mean D score at contrast gain ' + '  '.join(f'{g:.1f}: {s:+.3f}' for g, s in zip(GAINS, scores)))
+        figures = '  '.join(f'{g:.1f}: {s:+.3f}' for g, s in zip(GAINS, scores))
+        print(f'{name}: mean D score at contrast gain {figures}')
 
 
 if __name__ == '__main__':

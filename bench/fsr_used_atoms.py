@@ -71,9 +71,9 @@ def counterfactual_gap(teacher, learned_atoms, num=500, streams=None):
 def code_counterfactual(teacher, snap, learned, num=500, seed=0, streams=None):
     """The snapshot's top-level codes for `num` samples mapped to teacher atoms (each channel to its nearest atom by
     signed cosine) and painted with the teacher's atoms. Returns (dict of gap_2 / floor against the teacher's images
-    (`teacher_streams`, or `streams` as it returns them): 'codes' those codes, 'teacher_amplitudes' those codes with the teacher's
-    amplitude distribution, 'generator_amplitudes' the teacher's codes (stream 2) with the generator's; statistics
-    of the generator's codes; statistics of the teacher's)."""
+    (`teacher_streams`, or `streams` as it returns them): 'codes' those codes, 'teacher_amplitudes' those codes
+    with the teacher's amplitude distribution, 'generator_amplitudes' the teacher's codes (stream 2) with the
+    generator's; statistics of the generator's codes; statistics of the teacher's)."""
     R = int(snap.G.img_resolution)
     head = snap.heads.head(R)
     feats = se.top_features(snap, num, seed=seed)

@@ -411,8 +411,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         sites (features [N, C, R, R] with gradient, kept by the head's selection drawn afresh from a generator seeded
         by the step's image count, times the norms of `weight`'s atoms) and the real coded sites' (coded: the
         reconstruction term's codes, refitted on their support; the norm of what each coded site paints, sites above
-        --fsr-top-amp-min). Logs FSR/top_amp
-        and the 10% and 50% quantiles FSR/top_amp_{fake,real}_p{10,50}."""
+        --fsr-top-amp-min). Logs FSR/top_amp and the 10% and 50% quantiles FSR/top_amp_{fake,real}_p{10,50}."""
         cfg = self.cfg
         codes = coded['codes']
         if cfg.top_amp_refit > 0:
