@@ -84,6 +84,19 @@ def _parse_g_channels(text):
     return out
 
 
+def _parse_ema_rampup(text):
+    """--ema-rampup: 'none' -> None (no ramp), else a positive float (fraction of the images shown so far)."""
+    if text.strip().lower() == 'none':
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise UserError(f'--ema-rampup={text!r}: expected a positive number or "none"')
+    return value
+
+
 def _parse_comma_list(s):
     if s is None or s.lower() == 'none' or s == '':
         return []
@@ -318,6 +331,8 @@ def setup_training_options(opts):
         args.ada_kimg = 100
         args.ema_rampup = None
         desc += '-resumecustom'
+    if opts.ema_rampup is not None:
+        args.ema_rampup = _parse_ema_rampup(opts.ema_rampup)
     if opts.freezed:
         args.D_kwargs.block_kwargs.freeze_layers = opts.freezed
         desc += f'-freezed{opts.freezed}'
@@ -514,6 +529,8 @@ def _plugin_options(f):
 @click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
               default=True, show_default=True)
 @click.option('--ema-kimg', help='G_ema half-life in kimg', type=float)
+@click.option('--ema-rampup', help='G_ema half-life ramp: at most this fraction of the images shown so far '
+              '("none": --ema-kimg from the start; default: the --cfg preset\'s)', type=str)
 @click.option('--loss', help='Loss family', type=click.Choice(['nonsaturating', 'hinge', 'wgan']),
               default='nonsaturating', show_default=True)
 @click.option('--gp', help='WGAN-GP gradient penalty weight (0 = off)', type=float, default=0, show_default=True)

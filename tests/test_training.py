@@ -643,6 +643,22 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_train_cli_ema_options(tmp_path):
+    def dry(*extra):
+        res = run_train(['--outdir', str(tmp_path), '-n'] + TINY + list(extra), tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    opts = dry()
+    assert opts['ema_rampup'] == 0.05  # the preset's ramp
+    opts = dry('--ema-kimg=4', '--ema-rampup=0.25')
+    assert (opts['ema_kimg'], opts['ema_rampup']) == (4.0, 0.25)
+    assert dry('--ema-rampup=None')['ema_rampup'] is None
+    for bad in ('0', '-0.1', 'fast'):
+        res = run_train(['--outdir', str(tmp_path), f'--ema-rampup={bad}'] + TINY, tmp_path)
+        assert res.returncode == 1 and 'expected a positive number or "none"' in res.stderr, res.stderr[-2000:]
+    assert not os.listdir(tmp_path)
+
+
 def test_sigkill_then_resume_continues_counters(tmp_path):
     args = ['--outdir', str(tmp_path)] + TINY + ['--kimg=2', '--snap=1', '--tick=0.4']
     cmd = [sys.executable, os.path.join(REPO, 'train.py')] + args
