@@ -61,6 +61,7 @@ class FSRConfig:
     moments_patch: int = 3              # its patch size q
     moments_pairs: bool = False         # its patches also hold the level below
     moments_unbiased: bool = False      # its split-half estimate, free of the batch estimates' variance
+    contrast_weight: object = 0.0       # patch total-variance (contrast) matching loss weight: float or {res: weight}
     pyramid_filter: str = 'box'         # box | fir
     main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
@@ -127,6 +128,7 @@ class FSRConfig:
             moments_patch=int(opts.get('fsr_moments_patch') or 3),
             moments_pairs=bool(opts.get('fsr_moments_pairs', False)),
             moments_unbiased=bool(opts.get('fsr_moments_unbiased', False)),
+            contrast_weight=_parse_per_layer(opts.get('fsr_contrast'), '--fsr-contrast') or 0.0,
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
@@ -251,6 +253,10 @@ def cli_options():
         click.option('--fsr-moments-unbiased', help='FSR --fsr-moments: the split-half estimate (cross products of '
                      'two halves of each batch), whose gradient has no pull towards images with less varied patch '
                      'statistics than the reals', type=bool, default=False, show_default=True),
+        click.option('--fsr-contrast', help='FSR: weight of the per-level contrast loss, the squared relative '
+                     'mismatch of the total variance of the head images\' q x q patches (q: --fsr-moments-patch; the '
+                     'split-half form with --fsr-moments-unbiased): number or "res:w,res:w" (0 = off)', type=str,
+                     default='0', show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '

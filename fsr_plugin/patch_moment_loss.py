@@ -27,7 +27,8 @@ import torch
 
 from .patch_swd import level_patch_rows
 
-__all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses']
+__all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses', 'contrast_matching_loss',
+           'level_contrast_losses']
 
 
 def patch_mean_cov(rows):
@@ -94,4 +95,65 @@ def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs
                 splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)  # rows are image-major (patch_rows)
         mean_term, cov_term = moment_matching_loss(rows_fake, rows_real, **splits)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
+    return out
+
+
+def _patch_variance(rows):
+    """rows [P, D] -> trace of their population covariance (the summed per-entry variance), a scalar."""
+    return (rows - rows.mean(dim=0)).square().sum() / rows.shape[0]
+
+
+def contrast_matching_loss(fake, real, eps=1e-12, split_fake=None, split_real=None):
+    """Squared relative contrast mismatch of point sets fake [N, D] and real [M, D]: (t_fake - t_real)^2 / t_real^2
+    with t = trace of the population covariance (the patches' total variance). A fake set whose deviations from its
+    mean are the reals' times g scores (g^2 - 1)^2. The normaliser carries no gradient.
+    split_fake, split_real (row indices, both or neither): the unbiased split-half form
+    (t_Af - t_Ar)(t_Bf - t_Br) / t_real^2 over halves A = rows[:split], B = rows[split:] of each set (independent
+    samples, e.g. whole images), whose expectation is the population mismatch without the estimates' variance (it
+    can be negative on one batch). Differentiable in fake. Returns a scalar.
+
+    Why a term of its own beside `moment_matching_loss`: the covariance term sees a contrast deficit only as a
+    small part of |C_fake - C_real|^2 (a trace ratio of 0.9 costs 0.01), so its weight has to be raised for the
+    whole covariance to restore the contrast, which docs/RESULTS.md section 13 found costs the atoms; this term
+    weighs that one direction alone."""
+    if fake.ndim != 2 or real.ndim != 2 or fake.shape[1] != real.shape[1] or fake.shape[0] == 0 or \
+            real.shape[0] == 0:
+        raise ValueError(f'contrast_matching_loss: expected fake [N, D] and real [M, D] with N, M >= 1, got '
+                         f'{list(fake.shape)} and {list(real.shape)}')
+    if (split_fake is None) != (split_real is None):
+        raise ValueError('contrast_matching_loss: give both split_fake and split_real, or neither')
+    t_real = _patch_variance(real.detach())
+    norm = t_real.square().clamp_min(eps)
+    if split_fake is None:
+        return (_patch_variance(fake) - t_real).square() / norm
+    for name, rows, split in (('fake', fake, split_fake), ('real', real, split_real)):
+        if not 0 < int(split) < rows.shape[0]:
+            raise ValueError(f'contrast_matching_loss: split_{name}={split} must leave rows on both sides of '
+                             f'{rows.shape[0]}')
+    real = real.detach()
+    diff_a = _patch_variance(fake[:split_fake]) - _patch_variance(real[:split_real])
+    diff_b = _patch_variance(fake[split_fake:]) - _patch_variance(real[split_real:])
+    return diff_a * diff_b / norm
+
+
+def level_contrast_losses(fake_pyramid, real_pyramid, weights, patch_size=3, unbiased=False):
+    """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): weights[r] *
+    `contrast_matching_loss` between the q x q patches (stride 1) of fake and real level r, i.e. between their total
+    patch variances (the trace of the `fsr_moment_gap` covariance). unbiased=True: the split-half form over halves of
+    whole images (both batches need at least 2 images). Returns {r: (weighted loss, unweighted loss,
+    fake / real trace ratio of the batch (detached))}."""
+    if int(patch_size) < 1:
+        raise ValueError(f'level_contrast_losses: patch_size must be >= 1, got {patch_size}')
+    out = {}
+    for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size):
+        splits = {}
+        if unbiased:
+            for name, pyramid, rows in (('fake', fake_pyramid, rows_fake), ('real', real_pyramid, rows_real)):
+                n = int(pyramid[r].shape[0])
+                if n < 2:
+                    raise ValueError(f'level_contrast_losses: unbiased=True needs at least 2 {name} images, got {n}')
+                splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)  # rows are image-major (patch_rows)
+        value = contrast_matching_loss(rows_fake, rows_real, **splits)
+        ratio = _patch_variance(rows_fake.detach()) / _patch_variance(rows_real).clamp_min(1e-12)
+        out[r] = (w * value, value.detach(), ratio)
     return out

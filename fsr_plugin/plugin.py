@@ -70,6 +70,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_weights = {}
         self.swd_image_weights = {}
         self.moment_weights = {}
+        self.contrast_weights = {}
         self._real_cache = (None, None, None)
         self._fake_cache = []  # --fsr-main-d=head: [(features dict of a generator pass, its head pyramid)], last 2
         self.G = None
@@ -105,6 +106,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_weights = _level_weights(cfg.swd_weight, [r for r in resolutions if r >= cfg.swd_patch])
         self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
         self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
+        self.contrast_weights = _level_weights(cfg.contrast_weight,
+                                               [r for r in resolutions if r >= cfg.moments_patch])
         if cfg.top_restart > 0:
             self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta,
                                                       min_value=cfg.top_wta_min)
@@ -314,6 +317,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._swd_terms(fake_pyr, ctx))
                 if self.moment_weights:
                     terms.update(self._moment_terms(fake_pyr, ctx))
+                if self.contrast_weights:
+                    terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
                     if scores:
@@ -444,6 +449,19 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             training_stats.report(f'FSR/moments_mean_r{r}', mean_term)
             training_stats.report(f'FSR/moments_cov_r{r}', cov_term)
         return {'moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
+
+    def _contrast_terms(self, fake_pyr, ctx):
+        """--fsr-contrast: {'contrast': sum over levels of weight * squared relative patch-variance mismatch} for the
+        G phase; logs FSR/contrast_r<r> (unweighted) and FSR/contrast_ratio_r<r> (the batch's fake / real trace)."""
+        real_img = ctx['real_img']
+        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        losses = patch_moment_loss.level_contrast_losses(fake_pyr, real_pyr, self.contrast_weights,
+                                                         patch_size=self.cfg.moments_patch,
+                                                         unbiased=self.cfg.moments_unbiased)
+        for r, (_, value, ratio) in losses.items():
+            training_stats.report(f'FSR/contrast_r{r}', value)
+            training_stats.report(f'FSR/contrast_ratio_r{r}', ratio)
+        return {'contrast': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -576,7 +594,8 @@ def _level_weights(weight, resolutions):
 def _check_level_loss_options(cfg, resolution):
     checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch, '--fsr-swd-patch'),
               ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
-              ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'))
+              ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'),
+              ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'))
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
