@@ -1,0 +1,138 @@
+"""Contrast recalibration of a snapshot's EMA output heads (`python -m fsr_plugin.ema_calibration`).
+
+G_ema is an average of the generator's weights, not of its images. On the synthetic teacher the average of a
+generator with ReLU layers and a winner-take-all top level paints less contrast than the iterates it averages: the
+40-kimg snapshots of the best recipe paint 0.80-0.91 of the reals' patch variance per level while the training
+copy's batches read 0.95-0.99, and a longer average is dimmer still (docs/RESULTS.md section 18). This is the
+generator analogue of the batch-norm statistics that weight averaging (SWA) recomputes after averaging
+(`torch.optim.swa_utils.update_bn`): after the average, each level's output gets one scalar gain about its own
+mean so that its q x q patches have the real pyramid's total variance,
+
+    x_r' = m_r + k_r (x_r - m_r),   k_r = sqrt(t_real,r / t_fake,r),
+
+with m_r the fake level's per-channel mean and t the trace of the patch covariance (the `--fsr-contrast` and
+`fsr_moment_gap` statistic), both measured on `num` generated and `num` real images. The gain goes into the head's
+learned gain (`--fsr-head-gain`) or, for heads without unit-norm atoms, into its weight; the bias absorbs the mean,
+so the means, the atoms' directions, the winner-take-all selection and every other level are unchanged. One scalar
+per level is all it fits: the shape of the covariance and the means stay the generator's.
+
+Calibrate a copy for evaluation and generation; resume training from the original (the training copy of the heads
+has no such gain, and the EMA would blend the two).
+"""
+
+import copy
+import math
+import os
+import pickle
+
+import click
+import torch
+
+import legacy
+from fsr_plugin import patch_moment_loss
+from fsr_plugin import patch_swd
+from fsr_plugin import snapshot_eval
+
+__all__ = ['level_gains', 'apply_gain', 'calibrate_snapshot_heads']
+
+
+def level_gains(fake_pyramid, real_pyramid, patch_size=3):
+    """{r: (k_r, fake per-channel mean [C])}: k_r = sqrt(real / fake total variance of the q x q patches) for every
+    level in both pyramids ({r: [N, C, r, r]}) that holds a patch. Raises ValueError for a level the fakes paint
+    flat (zero variance)."""
+    out = {}
+    for r, x_fake in fake_pyramid.items():
+        if r not in real_pyramid or r < patch_size:
+            continue
+        t_fake = float(patch_moment_loss._patch_variance(patch_swd.patch_rows(x_fake.double(), patch_size)))
+        t_real = float(patch_moment_loss._patch_variance(patch_swd.patch_rows(real_pyramid[r].double(), patch_size)))
+        if not t_fake > 0:
+            raise ValueError(f'level_gains: the generated level {r} is flat (zero patch variance); nothing to scale')
+        out[int(r)] = (math.sqrt(t_real / t_fake), x_fake.double().mean(dim=[0, 2, 3]))
+    return out
+
+
+@torch.no_grad()
+def apply_gain(head, gain, mean):
+    """Make `head` (fsr_plugin.heads.OutputHead) paint m + gain (x - m) where it painted x, m = mean [C] (its
+    outputs' per-channel mean): the gain goes into the learned gain (log_gain) or, without unit-norm atoms, into the
+    weight; the bias becomes gain * bias + (1 - gain) * m. Residual heads and heads without a bias are refused."""
+    gain = float(gain)
+    if not gain > 0:
+        raise ValueError(f'apply_gain: the gain must be > 0, got {gain}')
+    if head.residual:
+        raise ValueError('apply_gain: a residual head adds the generator image, which a head gain does not scale')
+    if head.bias is None:
+        raise ValueError('apply_gain: the head has no bias to keep its mean in place')
+    if head.log_gain is not None:
+        head.log_gain.add_(math.log(gain))
+    elif not head.unit_norm_atoms:
+        head.weight.mul_(gain)
+    else:
+        raise ValueError('apply_gain: unit-norm atoms without a learned gain (--fsr-head-gain=0) cannot carry a gain')
+    mean = torch.as_tensor(mean, dtype=head.bias.dtype, device=head.bias.device).reshape(head.bias.shape)
+    head.bias.copy_(gain * head.bias + (1 - gain) * mean)
+
+
+def calibrate_snapshot_heads(snapshot, num=512, seed=1, patch_size=3, dataset_kwargs=None):
+    """Recalibrate snapshot.heads (a `snapshot_eval.Snapshot` with FSR heads) in place: `num` generated images (z
+    seeded with 1000003 + seed, random noise inputs, float32 as the metrics run G off CUDA) against `num` real images
+    (a numpy permutation seeded with `seed`) of dataset_kwargs (default: the snapshot's training set). Returns
+    {r: gain}."""
+    if snapshot.heads is None:
+        raise ValueError(f'{snapshot.path}: no FSR output heads to calibrate (not a --fsr run?)')
+    dataset_kwargs = dataset_kwargs or snapshot.training_set_kwargs
+    if not dataset_kwargs:
+        raise ValueError(f'{snapshot.path}: no training set recorded; give the real data')
+    resolutions = list(snapshot.heads.resolutions)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        fake = snapshot_eval.pyramid_images(snapshot, num, seed=1000003 + int(seed), noise_mode='random')
+    real = snapshot_eval.real_pyramid_images(dataset_kwargs, resolutions, num, seed=seed)
+    gains = {}
+    for r, (gain, mean) in level_gains(fake, real, patch_size).items():
+        apply_gain(snapshot.heads.head(r), gain, mean)
+        gains[r] = gain
+    return gains
+
+
+@click.command()
+@click.argument('network', type=click.Path(exists=True, dir_okay=False))
+@click.option('--out', 'out_path', help='Where to write the calibrated network pickle', required=True,
+              type=click.Path(dir_okay=False))
+@click.option('--images', help='Generated and real images measured per level', type=click.IntRange(min=2),
+              default=512, show_default=True)
+@click.option('--seed', help='Seed of the real sample (numpy permutation) and of the latents', type=int, default=1,
+              show_default=True)
+@click.option('--patch', help='Patch size q of the total variance', type=click.IntRange(min=1), default=3,
+              show_default=True)
+def main(network, out_path, images, seed, patch):
+    """Recalibrate the contrast of NETWORK's EMA output heads (one gain per level about its mean) and write the
+    result to --out, with the gains under the pickle key 'fsr_ema_calibration'."""
+    if os.path.abspath(out_path) == os.path.abspath(network):
+        raise click.UsageError('--out must differ from NETWORK: keep the original for resuming training')
+    try:
+        snapshot = snapshot_eval.Snapshot(network)
+        gains = calibrate_snapshot_heads(snapshot, num=images, seed=seed, patch_size=patch)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    data = legacy.load_network(network)
+    heads = snapshot_eval._find_heads(data)
+    modules = data['extra_modules_ema']
+    (name,) = [n for n, m in modules.items() if m is heads]
+    modules[name] = copy.deepcopy(snapshot.heads).cpu()
+    data['fsr_ema_calibration'] = dict(gains={int(r): float(g) for r, g in gains.items()}, images=images, seed=seed,
+                                       patch=patch, source=os.path.basename(network))
+    tmp = f'{out_path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            pickle.dump(data, f)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    click.echo('gains ' + ' '.join(f'r{r}={g:.4f}' for r, g in sorted(gains.items())) + f' -> {out_path}')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
