@@ -23,7 +23,6 @@ has no such gain, and the EMA would blend the two).
 import copy
 import math
 import os
-import pickle
 
 import click
 import torch
@@ -123,14 +122,7 @@ def main(network, out_path, images, seed, patch):
     modules[name] = copy.deepcopy(snapshot.heads).cpu()
     data['fsr_ema_calibration'] = dict(gains={int(r): float(g) for r, g in gains.items()}, images=images, seed=seed,
                                        patch=patch, source=os.path.basename(network))
-    tmp = f'{out_path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            pickle.dump(data, f)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    legacy.save_network_pkl(data, out_path)
     click.echo('gains ' + ' '.join(f'r{r}={g:.4f}' for r, g in sorted(gains.items())) + f' -> {out_path}')
 
 

@@ -125,3 +125,13 @@ def test_ema_calibration_command_round_trip(fsr_snapshot, tmp_path):
     res = subprocess.run([sys.executable, '-m', 'fsr_plugin.ema_calibration', fsr_snapshot, f'--out={fsr_snapshot}'],
                          cwd=REPO, capture_output=True, text=True, env=env)
     assert res.returncode != 0 and '--out must differ from NETWORK' in res.stderr
+
+
+def test_ema_calibration_refuses_a_network_without_heads(tmp_path):
+    torch.set_num_threads(1)
+    training_loop.training_loop(**loop_kwargs(tmp_path, 0.032))
+    snapshot = sorted(glob.glob(str(tmp_path / 'network-snapshot-*.pkl')))[-1]
+    res = subprocess.run([sys.executable, '-m', 'fsr_plugin.ema_calibration', snapshot, f'--out={tmp_path / "x.pkl"}'],
+                         cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 1 and 'no FSR output heads to calibrate' in res.stderr, res.stderr[-2000:]
+    assert not os.path.exists(tmp_path / 'x.pkl')
