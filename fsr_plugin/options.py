@@ -62,6 +62,7 @@ class FSRConfig:
     moments_pairs: bool = False         # its patches also hold the level below
     moments_unbiased: bool = False      # its split-half estimate, free of the batch estimates' variance
     contrast_weight: object = 0.0       # patch total-variance (contrast) matching loss weight: float or {res: weight}
+    image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
     pyramid_filter: str = 'box'         # box | fir
     main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
@@ -129,6 +130,7 @@ class FSRConfig:
             moments_pairs=bool(opts.get('fsr_moments_pairs', False)),
             moments_unbiased=bool(opts.get('fsr_moments_unbiased', False)),
             contrast_weight=_parse_per_layer(opts.get('fsr_contrast'), '--fsr-contrast') or 0.0,
+            image_moments_weight=_parse_per_layer(opts.get('fsr_image_moments'), '--fsr-image-moments') or 0.0,
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
@@ -257,6 +259,10 @@ def cli_options():
                      'mismatch of the total variance of the head images\' q x q patches (q: --fsr-moments-patch; the '
                      'split-half form with --fsr-moments-unbiased): number or "res:w,res:w" (0 = off)', type=str,
                      default='0', show_default=True),
+        click.option('--fsr-image-moments', help='FSR: weight of the per-level loss on the mean colour of whole '
+                     'images: its mean and its between-image covariance against the real pyramid\'s, in the units '
+                     'of --fsr-moments (split-half with --fsr-moments-unbiased): number or "res:w,res:w" (0 = off)',
+                     type=str, default='0', show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '

@@ -71,6 +71,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_image_weights = {}
         self.moment_weights = {}
         self.contrast_weights = {}
+        self.image_moment_weights = {}
         self._real_cache = (None, None, None)
         self._fake_cache = []  # --fsr-main-d=head: [(features dict of a generator pass, its head pyramid)], last 2
         self.G = None
@@ -108,6 +109,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
         self.contrast_weights = _level_weights(cfg.contrast_weight,
                                                [r for r in resolutions if r >= cfg.moments_patch])
+        self.image_moment_weights = _level_weights(cfg.image_moments_weight, resolutions)
         if cfg.top_restart > 0:
             self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta,
                                                       min_value=cfg.top_wta_min)
@@ -319,6 +321,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._moment_terms(fake_pyr, ctx))
                 if self.contrast_weights:
                     terms.update(self._contrast_terms(fake_pyr, ctx))
+                if self.image_moment_weights:
+                    terms.update(self._image_moment_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
                     if scores:
@@ -463,6 +467,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             training_stats.report(f'FSR/contrast_ratio_r{r}', ratio)
         return {'contrast': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
 
+    def _image_moment_terms(self, fake_pyr, ctx):
+        """--fsr-image-moments: {'image_moments': sum over levels of weight * (mean term + covariance term) of the
+        images' mean colours} for the G phase; logs FSR/image_mean_r<r> and FSR/image_cov_r<r> (unweighted)."""
+        real_img = ctx['real_img']
+        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        losses = patch_moment_loss.level_image_mean_losses(fake_pyr, real_pyr, self.image_moment_weights,
+                                                           unbiased=self.cfg.moments_unbiased)
+        for r, (_, mean_term, cov_term) in losses.items():
+            training_stats.report(f'FSR/image_mean_r{r}', mean_term)
+            training_stats.report(f'FSR/image_cov_r{r}', cov_term)
+        return {'image_moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
+
     # ------------------------------------------------------------------------------------------------------------------
 
     def pyramid_fn(self, G, z, c, **G_kwargs):
@@ -595,7 +611,8 @@ def _check_level_loss_options(cfg, resolution):
     checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch, '--fsr-swd-patch'),
               ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
               ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'),
-              ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'))
+              ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'),
+              ('--fsr-image-moments', cfg.image_moments_weight, 1, None))
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
