@@ -2,8 +2,9 @@
 
 G_ema is an average of the generator's weights, not of its images. On the synthetic teacher the average of a
 generator with ReLU layers and a winner-take-all top level paints less contrast than the iterates it averages: the
-40-kimg snapshots of the best recipe paint 0.80-0.91 of the reals' patch variance per level while the training
-copy's batches read 0.95-0.99, and a longer average is dimmer still (docs/RESULTS.md section 18). This is the
+40-kimg snapshots of the best recipe paint 0.80-0.91 of the reals' patch variance per level; in a run that logs the
+training copy's batches (`--fsr-contrast`) they read 0.95-0.99 while its G_ema reads 0.86-0.92, and a longer average
+is dimmer still (docs/RESULTS.md section 18). This is the
 generator analogue of the batch-norm statistics that weight averaging (SWA) recomputes after averaging
 (`torch.optim.swa_utils.update_bn`): after the average, each level's output gets one scalar gain about its own
 mean so that its q x q patches have the real pyramid's total variance,
