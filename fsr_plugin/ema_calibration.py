@@ -44,8 +44,8 @@ def level_gains(fake_pyramid, real_pyramid, patch_size=3):
     for r, x_fake in fake_pyramid.items():
         if r not in real_pyramid or r < patch_size:
             continue
-        t_fake = float(patch_moment_loss._patch_variance(patch_swd.patch_rows(x_fake.double(), patch_size)))
-        t_real = float(patch_moment_loss._patch_variance(patch_swd.patch_rows(real_pyramid[r].double(), patch_size)))
+        t_fake = float(patch_moment_loss.patch_total_variance(patch_swd.patch_rows(x_fake.double(), patch_size)))
+        t_real = float(patch_moment_loss.patch_total_variance(patch_swd.patch_rows(real_pyramid[r].double(), patch_size)))
         if not t_fake > 0:
             raise ValueError(f'level_gains: the generated level {r} is flat (zero patch variance); nothing to scale')
         out[int(r)] = (math.sqrt(t_real / t_fake), x_fake.double().mean(dim=[0, 2, 3]))

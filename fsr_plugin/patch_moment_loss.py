@@ -28,7 +28,7 @@ import torch
 from .patch_swd import level_patch_rows
 
 __all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses', 'contrast_matching_loss',
-           'level_contrast_losses', 'level_image_mean_losses']
+           'level_contrast_losses', 'level_image_mean_losses', 'patch_total_variance']
 
 
 def patch_mean_cov(rows):
@@ -74,6 +74,18 @@ def moment_matching_loss(fake, real, eps=1e-12, split_fake=None, split_real=None
     return mean_term, cov_term
 
 
+def _half_image_splits(fake_images, real_images, rows_fake, rows_real, what):
+    """{'split_fake', 'split_real'}: the row index where the second half of each batch's images starts (rows are
+    image-major, as `patch_rows` gives them); both batches need at least 2 images."""
+    splits = {}
+    for name, images, rows in (('fake', fake_images, rows_fake), ('real', real_images, rows_real)):
+        n = int(images.shape[0])
+        if n < 2:
+            raise ValueError(f'{what}: unbiased=True needs at least 2 {name} images, got {n}')
+        splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)
+    return splits
+
+
 def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs=False, unbiased=False):
     """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): weights[r] * (mean term +
     covariance term) of `moment_matching_loss` between the q x q patches (stride 1) of fake and real level r.
@@ -86,19 +98,14 @@ def level_moment_losses(fake_pyramid, real_pyramid, weights, patch_size=3, pairs
         raise ValueError(f'level_moment_losses: patch_size must be >= 1, got {patch_size}')
     out = {}
     for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size, pairs):
-        splits = {}
-        if unbiased:
-            for name, pyramid, rows in (('fake', fake_pyramid, rows_fake), ('real', real_pyramid, rows_real)):
-                n = int(pyramid[r].shape[0])
-                if n < 2:
-                    raise ValueError(f'level_moment_losses: unbiased=True needs at least 2 {name} images, got {n}')
-                splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)  # rows are image-major (patch_rows)
+        splits = _half_image_splits(fake_pyramid[r], real_pyramid[r], rows_fake, rows_real,
+                                    'level_moment_losses') if unbiased else {}
         mean_term, cov_term = moment_matching_loss(rows_fake, rows_real, **splits)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
     return out
 
 
-def _patch_variance(rows):
+def patch_total_variance(rows):
     """rows [P, D] -> trace of their population covariance (the summed per-entry variance), a scalar."""
     return (rows - rows.mean(dim=0)).square().sum() / rows.shape[0]
 
@@ -122,17 +129,17 @@ def contrast_matching_loss(fake, real, eps=1e-12, split_fake=None, split_real=No
                          f'{list(fake.shape)} and {list(real.shape)}')
     if (split_fake is None) != (split_real is None):
         raise ValueError('contrast_matching_loss: give both split_fake and split_real, or neither')
-    t_real = _patch_variance(real.detach())
+    t_real = patch_total_variance(real.detach())
     norm = t_real.square().clamp_min(eps)
     if split_fake is None:
-        return (_patch_variance(fake) - t_real).square() / norm
+        return (patch_total_variance(fake) - t_real).square() / norm
     for name, rows, split in (('fake', fake, split_fake), ('real', real, split_real)):
         if not 0 < int(split) < rows.shape[0]:
             raise ValueError(f'contrast_matching_loss: split_{name}={split} must leave rows on both sides of '
                              f'{rows.shape[0]}')
     real = real.detach()
-    diff_a = _patch_variance(fake[:split_fake]) - _patch_variance(real[:split_real])
-    diff_b = _patch_variance(fake[split_fake:]) - _patch_variance(real[split_real:])
+    diff_a = patch_total_variance(fake[:split_fake]) - patch_total_variance(real[:split_real])
+    diff_b = patch_total_variance(fake[split_fake:]) - patch_total_variance(real[split_real:])
     return diff_a * diff_b / norm
 
 
@@ -146,15 +153,10 @@ def level_contrast_losses(fake_pyramid, real_pyramid, weights, patch_size=3, unb
         raise ValueError(f'level_contrast_losses: patch_size must be >= 1, got {patch_size}')
     out = {}
     for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size):
-        splits = {}
-        if unbiased:
-            for name, pyramid, rows in (('fake', fake_pyramid, rows_fake), ('real', real_pyramid, rows_real)):
-                n = int(pyramid[r].shape[0])
-                if n < 2:
-                    raise ValueError(f'level_contrast_losses: unbiased=True needs at least 2 {name} images, got {n}')
-                splits[f'split_{name}'] = (n // 2) * (rows.shape[0] // n)  # rows are image-major (patch_rows)
+        splits = _half_image_splits(fake_pyramid[r], real_pyramid[r], rows_fake, rows_real,
+                                    'level_contrast_losses') if unbiased else {}
         value = contrast_matching_loss(rows_fake, rows_real, **splits)
-        ratio = _patch_variance(rows_fake.detach()) / _patch_variance(rows_real).clamp_min(1e-12)
+        ratio = patch_total_variance(rows_fake.detach()) / patch_total_variance(rows_real).clamp_min(1e-12)
         out[r] = (w * value, value.detach(), ratio)
     return out
 
@@ -174,13 +176,8 @@ def level_image_mean_losses(fake_pyramid, real_pyramid, weights, unbiased=False)
             continue
         rows_fake = x_fake.mean(dim=[2, 3])
         rows_real = real_pyramid[r].detach().to(x_fake.dtype).mean(dim=[2, 3])
-        splits = {}
-        if unbiased:
-            for name, rows in (('fake', rows_fake), ('real', rows_real)):
-                if rows.shape[0] < 2:
-                    raise ValueError(f'level_image_mean_losses: unbiased=True needs at least 2 {name} images, got '
-                                     f'{rows.shape[0]}')
-                splits[f'split_{name}'] = rows.shape[0] // 2
+        splits = _half_image_splits(rows_fake, rows_real, rows_fake, rows_real,
+                                    'level_image_mean_losses') if unbiased else {}
         mean_term, cov_term = moment_matching_loss(rows_fake, rows_real, **splits)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
     return out

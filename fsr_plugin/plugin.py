@@ -265,6 +265,11 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
 
     # ------------------------------------------------------------------------------------------------------------------
 
+    def _real_levels_like(self, fake_pyr, ctx):
+        """The step's real pyramid at the levels of fake_pyr that the real batch reaches ({r: [N, C, r, r]})."""
+        real_img = ctx['real_img']
+        return self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+
     def _real_pyramid(self, real_img, resolutions):
         """The real pyramid of this real batch, built once for all phases of a step. The cache holds the batch tensor
         itself and matches by identity: a key of address and shape could match a new batch that the allocator put
@@ -363,9 +368,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def _swd_terms(self, fake_pyr, ctx):
         """--fsr-swd / --fsr-swd-image: {'swd': sum over levels of weight * patch sliced-Wasserstein loss,
         'swd_image': the same on whole images} for the G phase."""
-        real_img = ctx['real_img']
-        resolutions = [r for r in fake_pyr if r <= real_img.shape[-1]]
-        real_pyr = self._real_pyramid(real_img, resolutions)
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
         seed = int(ctx.get('cur_nimg', 0))
         terms = {}
         for name, weights, patch, pairs in (('swd', self.swd_weights, self.cfg.swd_patch, self.cfg.swd_pairs),
@@ -444,8 +447,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def _moment_terms(self, fake_pyr, ctx):
         """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
         phase; logs FSR/moments_mean_r<r> and FSR/moments_cov_r<r> (unweighted)."""
-        real_img = ctx['real_img']
-        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, self.moment_weights,
                                                        patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs,
                                                        unbiased=self.cfg.moments_unbiased)
@@ -457,8 +459,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def _contrast_terms(self, fake_pyr, ctx):
         """--fsr-contrast: {'contrast': sum over levels of weight * squared relative patch-variance mismatch} for the
         G phase; logs FSR/contrast_r<r> (unweighted) and FSR/contrast_ratio_r<r> (the batch's fake / real trace)."""
-        real_img = ctx['real_img']
-        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = patch_moment_loss.level_contrast_losses(fake_pyr, real_pyr, self.contrast_weights,
                                                          patch_size=self.cfg.moments_patch,
                                                          unbiased=self.cfg.moments_unbiased)
@@ -470,8 +471,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
     def _image_moment_terms(self, fake_pyr, ctx):
         """--fsr-image-moments: {'image_moments': sum over levels of weight * (mean term + covariance term) of the
         images' mean colours} for the G phase; logs FSR/image_mean_r<r> and FSR/image_cov_r<r> (unweighted)."""
-        real_img = ctx['real_img']
-        real_pyr = self._real_pyramid(real_img, [r for r in fake_pyr if r <= real_img.shape[-1]])
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = patch_moment_loss.level_image_mean_losses(fake_pyr, real_pyr, self.image_moment_weights,
                                                            unbiased=self.cfg.moments_unbiased)
         for r, (_, mean_term, cov_term) in losses.items():
