@@ -63,6 +63,8 @@ class FSRConfig:
     moments_unbiased: bool = False      # its split-half estimate, free of the batch estimates' variance
     contrast_weight: object = 0.0       # patch total-variance (contrast) matching loss weight: float or {res: weight}
     image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
+    consistency_weight: object = 0.0    # pyramid consistency |down(x_r) - x_{r/2}|^2 loss weight: float or {res: weight}
+    consistency_detach: bool = True     # its lower level is a fixed target (only the higher level moves)
     pyramid_filter: str = 'box'         # box | fir
     main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
@@ -131,6 +133,8 @@ class FSRConfig:
             moments_unbiased=bool(opts.get('fsr_moments_unbiased', False)),
             contrast_weight=_parse_per_layer(opts.get('fsr_contrast'), '--fsr-contrast') or 0.0,
             image_moments_weight=_parse_per_layer(opts.get('fsr_image_moments'), '--fsr-image-moments') or 0.0,
+            consistency_weight=_parse_per_layer(opts.get('fsr_consistency'), '--fsr-consistency') or 0.0,
+            consistency_detach=bool(opts.get('fsr_consistency_detach', True)),
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
@@ -263,6 +267,12 @@ def cli_options():
                      'images: its mean and its between-image covariance against the real pyramid\'s, in the units '
                      'of --fsr-moments (split-half with --fsr-moments-unbiased): number or "res:w,res:w" (0 = off)',
                      type=str, default='0', show_default=True),
+        click.option('--fsr-consistency', help='FSR: weight of the pyramid consistency loss of generated level r, '
+                     'the squared difference between its 2x downsampling (the --fsr-pyramid-filter) and the level r/2 '
+                     'of the same sample, over the real level r/2\'s pixel variance: number (every level with one '
+                     'below) or "res:w,res:w" (0 = off)', type=str, default='0', show_default=True),
+        click.option('--fsr-consistency-detach', help='FSR --fsr-consistency: the lower level is a fixed target, so '
+                     'only the higher level moves (0: both move)', type=bool, default=True, show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '

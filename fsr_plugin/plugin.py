@@ -31,6 +31,7 @@ from . import atom_centring
 from . import amplitude_matching
 from . import atom_reconstruction
 from . import channel_restart
+from . import level_consistency
 from . import fsr_metrics
 from . import patch_moment_loss
 from . import patch_swd
@@ -72,6 +73,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.moment_weights = {}
         self.contrast_weights = {}
         self.image_moment_weights = {}
+        self.consistency_weights = {}
         self._real_cache = (None, None, None)
         self._fake_cache = []  # --fsr-main-d=head: [(features dict of a generator pass, its head pyramid)], last 2
         self.G = None
@@ -110,6 +112,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.contrast_weights = _level_weights(cfg.contrast_weight,
                                                [r for r in resolutions if r >= cfg.moments_patch])
         self.image_moment_weights = _level_weights(cfg.image_moments_weight, resolutions)
+        self.consistency_weights = _level_weights(cfg.consistency_weight, resolutions[1:])
         if cfg.top_restart > 0:
             self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta,
                                                       min_value=cfg.top_wta_min)
@@ -328,6 +331,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.image_moment_weights:
                     terms.update(self._image_moment_terms(fake_pyr, ctx))
+                if self.consistency_weights:
+                    terms.update(self._consistency_terms(fake_pyr, ctx))
                 if self.pairs is not None:
                     scores = self.pairs(fake_pyr)
                     if scores:
@@ -479,6 +484,17 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             training_stats.report(f'FSR/image_cov_r{r}', cov_term)
         return {'image_moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
 
+    def _consistency_terms(self, fake_pyr, ctx):
+        """--fsr-consistency: {'consistency': sum over levels r of weight * |down(x_r) - x_{r/2}|^2 / the real level
+        r/2's pixel variance} for the G phase; logs FSR/consistency_r<r> (unweighted; about 2 for unrelated levels)."""
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
+        losses = level_consistency.level_consistency_losses(fake_pyr, real_pyr, self.consistency_weights,
+                                                            filter=self.cfg.pyramid_filter,
+                                                            detach_lower=self.cfg.consistency_detach)
+        for r, (_, value) in losses.items():
+            training_stats.report(f'FSR/consistency_r{r}', value)
+        return {'consistency': sum(weighted for weighted, _ in losses.values())} if losses else {}
+
     # ------------------------------------------------------------------------------------------------------------------
 
     def pyramid_fn(self, G, z, c, **G_kwargs):
@@ -612,7 +628,8 @@ def _check_level_loss_options(cfg, resolution):
               ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
               ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'),
               ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'),
-              ('--fsr-image-moments', cfg.image_moments_weight, 1, None))
+              ('--fsr-image-moments', cfg.image_moments_weight, 1, None),
+              ('--fsr-consistency', cfg.consistency_weight, 1, None))
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
@@ -623,6 +640,9 @@ def _check_level_loss_options(cfg, resolution):
                                        f'generator')
             if r is not None and w > 0 and r < patch:
                 raise click.UsageError(f'{flag}: level {r} is smaller than the patch ({patch_flag}={patch})')
+    if isinstance(cfg.consistency_weight, dict) and cfg.consistency_weight.get(4, 0) > 0:
+        raise click.UsageError('--fsr-consistency: level 4 is the lowest level and has no level below to agree with; '
+                               'weights are keyed by the higher level of each pair (8 and up)')
 
 
 def _default_argument(cls, name):
