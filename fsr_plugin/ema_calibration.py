@@ -117,10 +117,7 @@ def main(network, out_path, images, seed, patch):
     except ValueError as e:
         raise click.ClickException(str(e))
     data = legacy.load_network(network)
-    heads = snapshot_eval._find_heads(data)
-    modules = data['extra_modules_ema']
-    (name,) = [n for n, m in modules.items() if m is heads]
-    modules[name] = copy.deepcopy(snapshot.heads).cpu()
+    data['extra_modules_ema'][snapshot.heads_key] = copy.deepcopy(snapshot.heads).cpu()
     data['fsr_ema_calibration'] = dict(gains={int(r): float(g) for r, g in gains.items()}, images=images, seed=seed,
                                        patch=patch, source=os.path.basename(network))
     legacy.save_network_pkl(data, out_path)

@@ -184,6 +184,20 @@ def moment_rows(records_by_run, label_of):
     return rows
 
 
+def consistency_rows(records_by_run, label_of):
+    """Table rows (label, r, paired, unpaired) from the FINAL fsr_level_consistency record of each run, grouped by
+    label (spread over runs)."""
+    groups = {}
+    for run, records in records_by_run:
+        groups.setdefault(label_of(run), []).append(records[-1]['results'])
+    rows = []
+    for label, results in groups.items():
+        for r in sorted(per_level(results[0], 'fsr_consistency_res{r}')):
+            rows.append([label, r, fmt_spread([res[f'fsr_consistency_res{r}'] for res in results]),
+                         fmt_spread([res[f'fsr_consistency_unpaired_res{r}'] for res in results])])
+    return rows
+
+
 MOMENT_HEADERS = ['arm', 'r', 'gap_1 (mean)', 'floor_1', 'gap_1 / floor_1', 'gap_2 (cov)', 'floor_2',
                   'gap_2 / floor_2', 'within 2x floor (runs)']
 
@@ -484,12 +498,14 @@ def synthetic(**params):
 
     # Evaluation of every run.
     t_eval = time.time()
-    moments, swds, atoms, spreads, spread_reals = [], [], {}, {}, {}
+    moments, swds, consistencies, atoms, spreads, spread_reals = [], [], [], {}, {}, {}
     cache = {}
     for run in runs:
         snaps = run.snapshots()
         moments.append((run, eval_metric(run, snaps, 'fsr_moment_gap', sizes, params['device'], cache)))
         swds.append((run, eval_metric(run, snaps[-1:], 'fsr_swd_levels', sizes, params['device'], cache)))
+        consistencies.append((run, eval_metric(run, snaps[-1:], 'fsr_level_consistency', sizes, params['device'],
+                                               cache)))
         snap = _load(snaps[-1], params['device'], cache)
         entries = []
         for source, learned, note in _learned_top_atoms(snap):
@@ -611,6 +627,14 @@ def synthetic(**params):
     rep.table(['arm'] + [str(r) for r in levels],
               [[arm] + [fmt_spread([spreads[run.name].get(r) for run in runs if run.label == arm
                                     and r in spreads[run.name]]) for r in levels] for arm in arms])
+    rep.heading('Pyramid consistency of the generated levels (final snapshot)')
+    rep.text(f'|down(x_r) - x_(r/2)|^2 of one sample over the real level r/2\'s pixel variance ({sizes.images} '
+             f'images; fsr_level_consistency). Every real pyramid scores 0 (its levels are box-downscales of one '
+             f'image); unpaired: the same with x_(r/2) of another sample, the value of unrelated levels (about 2). A '
+             f'paired value near the unpaired one means the levels of one sample are not a pyramid of one image, '
+             f'whatever their statistics (`--fsr-consistency` is the generator loss on this quantity); the plain '
+             f'host\'s levels are its image downscaled and score 0 by construction.')
+    rep.table(['arm', 'r', 'paired', 'unpaired'], consistency_rows(consistencies, lambda r: r.label))
     rep.heading('Teacher reference per level')
     rep.text(f'The teacher scored like a learner, with the gaps and floors above ({sizes.images} images per sample; '
              f'its own reference and floor samples, so its floors differ a little from the table above). readout: the '

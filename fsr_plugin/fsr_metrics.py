@@ -27,6 +27,12 @@ Metrics and result keys (r = resolution):
                    fsr_feature_sim_random_frac_res<r>, fsr_feature_sim_available
   fsr_swd_levels   fsr_swd_res<r> (mean over the level's Laplacian bands, x 1e3), fsr_swd_res<r>_lvl<b>,
                    fsr_swd_mean (mean over levels)
+  fsr_level_consistency  for each generated level r with a level r/2 below: fsr_consistency_res<r> = mean over
+                   images and pixels of |down(x_r) - x_{r/2}|^2 (channels summed; down = the pyramid filter) over the
+                   real level r/2's total pixel variance (0 for a consistent pyramid, as every real one is);
+                   fsr_consistency_unpaired_res<r> = the same with x_{r/2} of another sample (the value of unrelated
+                   levels, about 2); fsr_consistency_mean (mean of the first over levels). moment_images images
+                   per side.
 Every rank computes the same values (fixed seeds), so the keys agree across processes.
 """
 
@@ -44,7 +50,7 @@ from fsr_plugin import diagnostics
 from fsr_plugin import pyramid as fsr_pyramid
 from metrics import metric_utils
 
-METRIC_NAMES = ('fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels')
+METRIC_NAMES = ('fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels', 'fsr_level_consistency')
 
 
 @dataclasses.dataclass
@@ -407,6 +413,54 @@ def _swd_levels_metric(ctx):
     return fsr_swd_levels
 
 
+def _consistency_metric(ctx):
+    def fsr_level_consistency(opts):
+        G = _generator(opts)
+        G_kwargs = metric_utils.generator_call_kwargs(G, opts)
+        dataset = _open_dataset(opts, G, 'fsr_level_consistency')
+        n = min(ctx.moment_images, len(dataset))
+        resolutions = _resolutions(ctx, opts, G)
+        pairs = [(lo, hi) for lo, hi in zip(resolutions[:-1], resolutions[1:]) if hi == 2 * lo]
+        if not pairs or n < 2:
+            raise ValueError(f'fsr_level_consistency needs two consecutive levels (got {resolutions}) and at least '
+                             f'2 dataset images (got {len(dataset)})')
+        lows = sorted({lo for lo, _ in pairs})
+        real_sum = {lo: 0.0 for lo in lows}
+        real_sq = {lo: 0.0 for lo in lows}
+        real_count = {lo: 0 for lo in lows}
+        perm = np.random.RandomState(ctx.seed).permutation(len(dataset))[:n]
+        for images in _real_batches(dataset, perm, opts.batch_size):
+            for lo, x in _real_pyramid(ctx, opts, images, lows).items():
+                x = x.double().transpose(0, 1).flatten(1)  # [C, N * r * r]
+                real_sum[lo] = real_sum[lo] + x.sum(dim=1)
+                real_sq[lo] = real_sq[lo] + x.square().sum(dim=1)
+                real_count[lo] += x.shape[1]
+        paired = {hi: 0.0 for _, hi in pairs}
+        unpaired = {hi: 0.0 for _, hi in pairs}
+        images_seen = 0
+        for z, c in _latents(G, opts, n, ctx.seed):
+            levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, sorted({r for pair in pairs for r in pair}))
+            for lo, hi in pairs:
+                down = fsr_pyramid.downsample2x(levels[hi].double(), opts.pyramid_filter)
+                x_lo = levels[lo].double()
+                paired[hi] += float((down - x_lo).square().sum(dim=1).mean(dim=[1, 2]).sum())
+                other = torch.roll(x_lo, 1, dims=0)  # another sample's lower level (the batch's next image)
+                if x_lo.shape[0] > 1:
+                    unpaired[hi] += float((down - other).square().sum(dim=1).mean(dim=[1, 2]).sum())
+                else:
+                    unpaired[hi] = float('nan')
+            images_seen += int(z.shape[0])
+        results = {}
+        for lo, hi in pairs:
+            mean = real_sum[lo] / real_count[lo]
+            scale = float((real_sq[lo] / real_count[lo] - mean.square()).sum().clamp_min(1e-12))
+            results[f'fsr_consistency_res{hi}'] = paired[hi] / images_seen / scale
+            results[f'fsr_consistency_unpaired_res{hi}'] = unpaired[hi] / images_seen / scale
+        results['fsr_consistency_mean'] = float(np.mean([results[f'fsr_consistency_res{hi}'] for _, hi in pairs]))
+        return results
+    return fsr_level_consistency
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Registration.
 
@@ -417,7 +471,8 @@ def make_fsr_metrics(context=None):
     ctx = FSRMetricContext() if context is None else context
     if not isinstance(ctx, FSRMetricContext):
         raise TypeError(f'context must be an FSRMetricContext or None, got {type(ctx).__name__}')
-    fns = [_sparsity_metric(ctx), _moment_gap_metric(ctx), _feature_sim_metric(ctx), _swd_levels_metric(ctx)]
+    fns = [_sparsity_metric(ctx), _moment_gap_metric(ctx), _feature_sim_metric(ctx), _swd_levels_metric(ctx),
+           _consistency_metric(ctx)]
     return {fn.__name__: fn for fn in fns}
 
 

@@ -50,7 +50,7 @@ UPSAMPLING_DISCRIMINATOR = f'{upsampling_disc.__name__}.UpsamplingDiscriminator'
 
 MISSING_CANDIDATES = 512  # --fsr-top-restart-atom=missing: real patches drawn per restart event
 
-FSR_METRICS = ['fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels']
+FSR_METRICS = ['fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels', 'fsr_level_consistency']
 
 
 class FSRPlugin(hooks_lib.TrainingPlugin):

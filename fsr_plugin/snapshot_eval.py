@@ -31,7 +31,7 @@ from fsr_plugin.wta import painted_mass
 from metrics import metric_main
 from metrics.metric_utils import isolated_rng
 
-__all__ = ['Snapshot', 'list_snapshots', 'read_training_options', 'snapshot_kimg', 'evaluate', 'append_record',
+__all__ = ['Snapshot', 'find_heads', 'list_snapshots', 'read_training_options', 'snapshot_kimg', 'evaluate', 'append_record',
            'read_records', 'pyramid_images', 'real_pyramid_images', 'torgb_atoms_3x3', 'composed_host_atoms',
            'random_generator_like', 'EvalSizes', 'pyramid_spread']
 
@@ -86,18 +86,20 @@ def read_training_options(run_dir):
         return json.load(f)
 
 
-def _find_heads(data):
-    """The per-resolution output module among the file's EMA extra modules (the FSR heads), or None."""
+def find_heads(data):
+    """(key, module) of the per-resolution output module (the FSR heads) among a loaded network file's EMA extra
+    modules (data['extra_modules_ema'][key]), or (None, None)."""
     modules = data.get('extra_modules_ema') or {}
     for name in sorted(modules, key=lambda n: (not n.endswith('heads'), n)):
         module = modules[name]
         if hasattr(module, 'resolutions') and hasattr(module, 'atoms') and callable(module):
-            return module
-    return None
+            return name, module
+    return None, None
 
 
 class Snapshot:
-    """A loaded network file. Attributes: path, G (G_ema, eval mode), D (or None), heads (FSR OutputHeads or None),
+    """A loaded network file. Attributes: path, G (G_ema, eval mode), D (or None), heads (FSR OutputHeads or None)
+    and heads_key (its key in the file's 'extra_modules_ema', or None),
     training_set_kwargs (dict or None), cur_nimg (int or None), kimg (float: cur_nimg / 1000, else the kimg of the
     file name, else None), relu (True when G's synthesis layers use ReLU)."""
 
@@ -114,7 +116,7 @@ class Snapshot:
         self.D = data.get('D')
         if self.D is not None:
             self.D = self.D.eval().requires_grad_(False)
-        self.heads = _find_heads(data)
+        self.heads_key, self.heads = find_heads(data)
         if self.heads is not None:
             self.heads = self.heads.eval().requires_grad_(False).to(self.device)
         self.training_set_kwargs = data.get('training_set_kwargs')

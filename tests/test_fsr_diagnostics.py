@@ -448,6 +448,41 @@ def test_swd_levels_metric_keys_and_values(tiny_dataset):
     assert res['fsr_swd_mean'] == pytest.approx(np.mean([res[f'fsr_swd_res{r}'] for r in (4, 8, 16)]))
 
 
+def test_level_consistency_metric_values(tiny_dataset):
+    import dnnlib
+    dataset = dnnlib.util.construct_class_by_name(**tiny_dataset)
+    n = 6
+    real = np.stack([dataset[int(i)][0] for i in np.random.RandomState(0).permutation(len(dataset))[:n]])
+    real = torch.from_numpy(real).double() / 127.5 - 1
+    scale8 = sum(float(F.avg_pool2d(real, 2)[:, k].var(unbiased=False)) for k in range(3))
+    scale4 = sum(float(F.avg_pool2d(real, 4)[:, k].var(unbiased=False)) for k in range(3))
+    gen = torch.Generator().manual_seed(4)
+    levels = {r: torch.randn([n, 3, r, r], generator=gen, dtype=torch.float64) * 0.3 for r in (4, 8, 16)}
+    served = []
+
+    def fixed(G, z, c, **kwargs):  # a "generator" serving fixed levels, in order
+        start = sum(served)
+        served.append(z.shape[0])
+        return {r: x[start:start + z.shape[0]].float() for r, x in levels.items()}
+
+    ctx = fsr_metrics.FSRMetricContext(pyramid_fn=fixed, moment_images=n, resolutions=(4, 8, 16))
+    res = _calc('fsr_level_consistency', _tiny_G(16), tiny_dataset, ctx)
+    batches = np.cumsum([0] + served)
+    for lo, hi, scale in ((8, 16, scale8), (4, 8, scale4)):
+        down = F.avg_pool2d(levels[hi], 2)
+        expected = float((down - levels[lo]).square().sum(dim=1).mean()) / scale
+        assert res[f'fsr_consistency_res{hi}'] == pytest.approx(expected, rel=1e-5)
+        # Unpaired: each batch's lower levels rolled by one image.
+        rolled = torch.cat([torch.roll(levels[lo][a:b], 1, dims=0) for a, b in zip(batches[:-1], batches[1:])])
+        expected = float((down - rolled).square().sum(dim=1).mean()) / scale
+        assert res[f'fsr_consistency_unpaired_res{hi}'] == pytest.approx(expected, rel=1e-5)
+    assert res['fsr_consistency_mean'] == pytest.approx((res['fsr_consistency_res8'] + res['fsr_consistency_res16']) / 2)
+    # Without heads the pyramid is G's image downscaled: consistent by construction, whatever G paints.
+    res = _calc('fsr_level_consistency', _tiny_G(16), tiny_dataset, fsr_metrics.FSRMetricContext(moment_images=n))
+    assert max(res[f'fsr_consistency_res{r}'] for r in (8, 16)) < 1e-10
+    assert min(res[f'fsr_consistency_unpaired_res{r}'] for r in (8, 16)) > 1e-6
+
+
 @pytest.mark.cuda
 def test_metrics_on_cuda_match_cpu(tiny_dataset):
     G = _tiny_G(16)

@@ -111,7 +111,7 @@ def test_ema_calibration_command_round_trip(fsr_snapshot, tmp_path):
     original = legacy.load_network(fsr_snapshot)
     record = data['fsr_ema_calibration']
     assert record['images'] == 32 and set(record['gains']) >= {8, 16}
-    heads, heads0 = se._find_heads(data), se._find_heads(original)
+    heads, heads0 = se.find_heads(data)[1], se.find_heads(original)[1]
     for r, gain in record['gains'].items():
         h, h0 = heads.head(r), heads0.head(r)
         assert float(h.log_gain - h0.log_gain) == pytest.approx(np.log(gain), abs=1e-6)

@@ -247,6 +247,19 @@ def test_synthetic_moment_and_swd_tables_match_the_jsonl(synthetic_dir):
         assert f'({name}.png)' in report
 
 
+def test_synthetic_consistency_table_matches_the_jsonl(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    headers, rows = _table(report, 'arm', 'unpaired')
+    assert {r[0] for r in rows} == {'plain', 'joint', 'layerwise'}
+    rec = _last_record(os.path.join(synthetic_dir, 'eval', 'joint-seed0', 'metric-fsr_level_consistency.jsonl'))
+    row = [r for r in rows if r[0] == 'joint' and r[1] == '16'][0]
+    _close(_cell(headers, row, 'paired'), rec['results']['fsr_consistency_res16'])
+    _close(_cell(headers, row, 'unpaired'), rec['results']['fsr_consistency_unpaired_res16'])
+    # The plain host's levels are its image downscaled: a pyramid by construction.
+    for row in [r for r in rows if r[0] == 'plain']:
+        assert float(_cell(headers, row, 'paired')) < 1e-6 < float(_cell(headers, row, 'unpaired'))
+
+
 def test_synthetic_teacher_reference_table(synthetic_dir):
     report = _read(os.path.join(synthetic_dir, 'report.md'))
     headers, rows = _table(report, 'r', 'z share of pixel variance')
