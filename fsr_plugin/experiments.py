@@ -16,6 +16,7 @@ moments and featsim analyse an existing run with --run (featsim and sparsity als
 instead of training one. --dry-run prints the train.py command lines and does nothing else.
 """
 
+import copy
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import torch
 
 import dnnlib
 from fsr_plugin import diagnostics
+from fsr_plugin import ema_calibration
 from fsr_plugin import fsr_metrics
 from fsr_plugin import matching
 from fsr_plugin import oracle as oracle_lib
@@ -43,6 +45,7 @@ DEFAULT_FSR_ARGS = '--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-he
 SYNTHETIC_ARMS = ('plain', 'joint', 'layerwise')
 GRID_IMAGES = 8
 SPREAD_IMAGES = 64  # images per side of the sample-spread table
+CALIBRATION_IMAGES = 512  # generated and real images of the EMA recalibration (the command's default)
 TEACHER_REFERENCE_DRAWS = 16  # jitter draws per z of the teacher-reference table (E[x_r given z])
 
 
@@ -123,6 +126,35 @@ def eval_metric(run, snapshot_paths, metric, sizes, device, cache=None):
         click.echo(f'  {run.name}: {metric} at {os.path.basename(p)}')
         records.append(se.append_record(path, se.evaluate(snap, metric, sizes), snap))
     return records
+
+
+def calibrated_moment_gap(run, snap, sizes):
+    """fsr_moment_gap of a copy of `snap` recalibrated by fsr_plugin.ema_calibration (CALIBRATION_IMAGES images,
+    seed 1), appended to <eval_dir>/metric-fsr_moment_gap-calibrated.jsonl, with the gains in
+    <eval_dir>/ema-calibration.json. Returns (record, None), or (None, why) when the heads cannot take a gain."""
+    calibrated = copy.deepcopy(snap)
+    try:
+        gains = ema_calibration.calibrate_snapshot_heads(calibrated, num=CALIBRATION_IMAGES, seed=1)
+    except ValueError as e:
+        return None, str(e)
+    with open(os.path.join(run.eval_dir, 'ema-calibration.json'), 'wt') as f:
+        json.dump(dict(gains={str(r): g for r, g in sorted(gains.items())}, images=CALIBRATION_IMAGES, seed=1,
+                       snapshot=snap.path), f, indent=1)
+    click.echo(f'  {run.name}: fsr_moment_gap after EMA recalibration (gains '
+               + ' '.join(f'r{r}={g:.3f}' for r, g in sorted(gains.items())) + ')')
+    path = os.path.join(run.eval_dir, 'metric-fsr_moment_gap-calibrated.jsonl')
+    return se.append_record(path, se.evaluate(calibrated, 'fsr_moment_gap', sizes), calibrated), None
+
+
+def calibration_gains_note(calibrated):
+    """'name: r4 x1.02, ...; ...' from each run's eval_dir/ema-calibration.json."""
+    parts = []
+    for run, _records in calibrated:
+        with open(os.path.join(run.eval_dir, 'ema-calibration.json')) as f:
+            gains = json.load(f)['gains']
+        parts.append(f'{run.name} ' + ', '.join(f'r{r} x{float(g):.3f}' for r, g in sorted(gains.items(),
+                                                                                       key=lambda kv: int(kv[0]))))
+    return '; '.join(parts) if parts else 'none'
 
 
 def _load(path, device, cache):
@@ -464,6 +496,9 @@ def _learned_top_atoms(snap):
               help='Teacher images the oracle is fitted to.')
 @click.option('--oracle-atoms', type=click.IntRange(min=1), default=20, show_default=True, help='Oracle atoms.')
 @click.option('--oracle-lam', type=float, default=0.1, show_default=True, help='Oracle L1 weight.')
+@click.option('--ema-calibration', type=bool, default=True, show_default=True,
+              help='Also score the final snapshot of each FSR run after fsr_plugin.ema_calibration (one contrast '
+                   f'gain per level of the EMA heads, {CALIBRATION_IMAGES} images).')
 def synthetic(**params):
     """Synthetic FSR teacher: plain host vs FSR joint vs FSR layer-wise at equal kimg."""
     root, sizes = _setup(params, 'synthetic')
@@ -499,6 +534,7 @@ def synthetic(**params):
     # Evaluation of every run.
     t_eval = time.time()
     moments, swds, consistencies, atoms, spreads, spread_reals = [], [], [], {}, {}, {}
+    calibrated, calibration_notes = [], {}
     cache = {}
     for run in runs:
         snaps = run.snapshots()
@@ -507,6 +543,12 @@ def synthetic(**params):
         consistencies.append((run, eval_metric(run, snaps[-1:], 'fsr_level_consistency', sizes, params['device'],
                                                cache)))
         snap = _load(snaps[-1], params['device'], cache)
+        if params['ema_calibration'] and snap.heads is not None:
+            record, note = calibrated_moment_gap(run, snap, sizes)
+            if record is not None:
+                calibrated.append((run, [record]))
+            else:
+                calibration_notes[run.name] = note
         entries = []
         for source, learned, note in _learned_top_atoms(snap):
             entry = dict(source=source, note=note, snapshot=snap.path, kimg=snap.kimg)
@@ -613,6 +655,18 @@ def synthetic(**params):
              'floor = the same gap between two disjoint real samples of the same size; a level counts as learned '
              'when both gaps are within 2x their floor.')
     rep.table(MOMENT_HEADERS, moment_rows(moments, lambda r: r.label))
+    if calibrated or calibration_notes:
+        rep.heading('Patch-moment gaps after EMA recalibration (final snapshot)')
+        rep.text(f'The same table for a copy of the final snapshot whose EMA heads got one contrast gain per level '
+                 f'about the level\'s mean (fsr_plugin.ema_calibration, {CALIBRATION_IMAGES} generated and real '
+                 f'images; the real sample is drawn apart from the gap\'s), so that each level paints the reals\' '
+                 f'total patch variance: G_ema averages weights, and on the synthetic teacher the average paints '
+                 f'less contrast than the iterates it averages (docs/RESULTS.md section 18). Gains per run: '
+                 f'{calibration_gains_note(calibrated)}.')
+        if calibrated:
+            rep.table(MOMENT_HEADERS, moment_rows(calibrated, lambda r: r.label))
+        for name, note in sorted(calibration_notes.items()):
+            rep.text(f'{name}: not recalibrated ({note}).')
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')

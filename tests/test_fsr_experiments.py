@@ -136,7 +136,9 @@ def launched(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('fsr_experiments'))
     items = {
         'synthetic': _start(['synthetic', f'--outdir={root}/synthetic', f'--data={SYN_DATA}', '--seeds=0',
-                             '--jobs=2', '--oracle-steps=10', '--oracle-images=32'] + TINY,
+                             '--jobs=2', '--oracle-steps=10', '--oracle-images=32',
+                             '--fsr-args=--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-head-lr=10 '
+                             '--fsr-head-gain=1'] + TINY,
                             os.path.join(root, 'synthetic.log')),
         'real': _start(['real', f'--outdir={root}/real', f'--data={REAL_DATA}', '--seeds=0', '--jobs=2'] + TINY,
                        os.path.join(root, 'real.log')),
@@ -258,6 +260,25 @@ def test_synthetic_consistency_table_matches_the_jsonl(synthetic_dir):
     # The plain host's levels are its image downscaled: a pyramid by construction.
     for row in [r for r in rows if r[0] == 'plain']:
         assert float(_cell(headers, row, 'paired')) < 1e-6 < float(_cell(headers, row, 'unpaired'))
+
+
+def test_synthetic_recalibrated_moment_table(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    section = report.split('## Patch-moment gaps after EMA recalibration')[1].split('\n## ')[0]
+    headers, rows = _table(section, 'arm', 'gap_1 / floor_1')
+    assert {r[0] for r in rows} == {'joint', 'layerwise'}  # the plain host has no heads to recalibrate
+    for arm in ('joint', 'layerwise'):
+        eval_dir = os.path.join(synthetic_dir, 'eval', f'{arm}-seed0')
+        rec = _last_record(os.path.join(eval_dir, 'metric-fsr_moment_gap-calibrated.jsonl'))['results']
+        raw = _last_record(os.path.join(eval_dir, 'metric-fsr_moment_gap.jsonl'))['results']
+        row = [r for r in rows if r[0] == arm and r[1] == '16'][0]
+        _close(_cell(headers, row, 'gap_2 (cov)'), rec['fsr_moment_gap2_res16'])
+        assert rec['fsr_moment_floor2_res16'] == pytest.approx(raw['fsr_moment_floor2_res16'])  # same real samples
+        assert rec['fsr_moment_gap2_res16'] != raw['fsr_moment_gap2_res16']
+        with open(os.path.join(eval_dir, 'ema-calibration.json')) as f:
+            gains = json.load(f)['gains']
+        assert sorted(int(r) for r in gains) == [4, 8, 16] and all(float(g) > 0 for g in gains.values())
+        assert f'{arm}-seed0 r4 x{float(gains["4"]):.3f}' in section
 
 
 def test_synthetic_teacher_reference_table(synthetic_dir):
