@@ -65,6 +65,7 @@ class FSRConfig:
     image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
     consistency_weight: object = 0.0    # pyramid consistency |down(x_r) - x_{r/2}|^2 loss weight: float or {res: weight}
     consistency_detach: bool = True     # its lower level is a fixed target (only the higher level moves)
+    consistency_mode: str = 'full'      # full (every pixel of the downscaled level) | mean (each image's mean colour)
     pyramid_filter: str = 'box'         # box | fir
     main_d: str = 'host'                # the image the host's main discriminator judges: host (G's) | head (top head's)
     relu: bool = False                  # ReLU instead of leaky ReLU in the synthesis layers
@@ -135,6 +136,7 @@ class FSRConfig:
             image_moments_weight=_parse_per_layer(opts.get('fsr_image_moments'), '--fsr-image-moments') or 0.0,
             consistency_weight=_parse_per_layer(opts.get('fsr_consistency'), '--fsr-consistency') or 0.0,
             consistency_detach=bool(opts.get('fsr_consistency_detach', True)),
+            consistency_mode=opts.get('fsr_consistency_mode') or 'full',
             pyramid_filter=opts.get('fsr_pyramid_filter') or 'box',
             main_d=opts.get('fsr_main_d') or 'host',
             relu=bool(opts.get('fsr_relu', False)),
@@ -273,6 +275,9 @@ def cli_options():
                      'below) or "res:w,res:w" (0 = off)', type=str, default='0', show_default=True),
         click.option('--fsr-consistency-detach', help='FSR --fsr-consistency: the lower level is a fixed target, so '
                      'only the higher level moves (0: both move)', type=bool, default=True, show_default=True),
+        click.option('--fsr-consistency-mode', help='FSR --fsr-consistency: full = every pixel of the downscaled '
+                     'level; mean = only each image\'s mean colour (over the reals\' between-image variance of it)',
+                     type=click.Choice(['full', 'mean']), default='full', show_default=True),
         click.option('--fsr-pyramid-filter', help='FSR real pyramid filter', type=click.Choice(['box', 'fir']),
                      default='box', show_default=True),
         click.option('--fsr-main-d', help='FSR: the image the main discriminator judges: host = the generator\'s '

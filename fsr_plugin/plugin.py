@@ -490,7 +490,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = level_consistency.level_consistency_losses(fake_pyr, real_pyr, self.consistency_weights,
                                                             filter=self.cfg.pyramid_filter,
-                                                            detach_lower=self.cfg.consistency_detach)
+                                                            detach_lower=self.cfg.consistency_detach,
+                                                            mode=self.cfg.consistency_mode)
         for r, (_, value) in losses.items():
             training_stats.report(f'FSR/consistency_r{r}', value)
         return {'consistency': sum(weighted for weighted, _ in losses.values())} if losses else {}

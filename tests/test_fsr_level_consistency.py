@@ -91,6 +91,31 @@ def test_descent_makes_the_higher_level_agree_with_the_fixed_lower_one():
     assert torch.equal(x_lo, lo_before)
 
 
+def test_mean_mode_sees_only_the_images_mean_colours():
+    gen = torch.Generator().manual_seed(5)
+    real = {4: torch.randn([7, 3, 4, 4], generator=gen, dtype=torch.float64) * 0.4}
+    x_lo = torch.randn([5, 3, 4, 4], generator=gen, dtype=torch.float64)
+    x_hi = torch.randn([5, 3, 8, 8], generator=gen, dtype=torch.float64)
+    out = lc.level_consistency_losses({4: x_lo, 8: x_hi}, real, {8: 2.0}, mode='mean')
+    m_hi = x_hi.numpy().mean(axis=(2, 3))
+    m_lo = x_lo.numpy().mean(axis=(2, 3))
+    scale = real[4].numpy().mean(axis=(2, 3)).var(axis=0).sum()
+    expected = ((m_hi - m_lo) ** 2).sum(axis=1).mean() / scale
+    assert float(out[8][1]) == pytest.approx(expected, rel=1e-10) and float(out[8][0]) == pytest.approx(2 * expected)
+    # A higher level that rearranges the lower one's pixels keeps its mean colour: 0 for 'mean', not for 'full'.
+    shuffled = x_lo.flip(dims=[2, 3]).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert float(lc.consistency_loss(shuffled, x_lo, 1.0, mode='mean')) < 1e-20
+    assert float(lc.consistency_loss(shuffled, x_lo, 1.0, mode='full')) > 0.1
+    # A colour shift of one image is seen in full.
+    shifted = x_lo.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).clone()
+    shifted[2, 1] += 0.5
+    assert float(lc.consistency_loss(shifted, x_lo, 1.0, mode='mean')) == pytest.approx(0.25 / 5)
+    x_hi.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h: lc.consistency_loss(h, x_lo, 0.7, mode='mean'), (x_hi,))
+    with pytest.raises(ValueError, match='mode must be one of'):
+        lc.consistency_loss(x_hi, x_lo, 1.0, mode='dc')
+
+
 def test_consistency_loss_refuses_bad_input():
     with pytest.raises(ValueError, match='expected x_hi'):
         lc.consistency_loss(torch.zeros([2, 3, 8, 8]), torch.zeros([2, 3, 8, 8]), 1.0)
@@ -112,10 +137,13 @@ def test_fsr_consistency_trains_reports_and_cli(tmp_path, one_thread):
     plugin = make_plugin(dict(fsr=True, fsr_consistency='1.5'),
                          dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
     assert plugin.cfg.consistency_weight == 1.5 and plugin.cfg.consistency_detach is True
+    assert plugin.cfg.consistency_mode == 'full'
     res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY +
-                    ['--fsr=1', '--fsr-consistency=16:5', '--fsr-consistency-detach=0'], tmp_path)
+                    ['--fsr=1', '--fsr-consistency=16:5', '--fsr-consistency-detach=0', '--fsr-consistency-mode=mean'],
+                    tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"fsr_consistency": "16:5"' in res.stdout and '"fsr_consistency_detach": false' in res.stdout
+    assert '"fsr_consistency_mode": "mean"' in res.stdout
     for bad, message in (('-1', 'weights must be >= 0'), ('4:1', 'level 4 is the lowest level')):
         res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', f'--fsr-consistency={bad}'],
                         tmp_path)
