@@ -27,6 +27,9 @@ channels, averaged over images, over the reals' between-image variance of the le
 channels). Three numbers per image instead of every pixel: it ties the image-wide colour that a style-modulated block
 can set on its own (the 16x16 and 32x32 levels of the best synthetic recipe vary 4-10x more in mean colour than the
 teacher's, where the 4x4 and 8x8 levels do not) and leaves the patches free.
+
+Measured on the synthetic teacher (docs/RESULTS.md section 19): either mode ties what it targets, and at weight 10
+either costs the upper levels' patch covariances more than it gains; neither is part of the best recipe.
 """
 
 import torch
