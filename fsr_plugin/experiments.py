@@ -659,7 +659,7 @@ def synthetic(**params):
         rep.heading('Patch-moment gaps after EMA recalibration (final snapshot)')
         rep.text(f'The same table for a copy of the final snapshot whose EMA heads got one contrast gain per level '
                  f'about the level\'s mean (fsr_plugin.ema_calibration, {CALIBRATION_IMAGES} generated and real '
-                 f'images; the real sample is drawn apart from the gap\'s), so that each level paints the reals\' '
+                 f'images; its real sample is a separate draw, numpy seed 1, from the gap\'s, seed 0), so that each level paints the reals\' '
                  f'total patch variance: G_ema averages weights, and on the synthetic teacher the average paints '
                  f'less contrast than the iterates it averages (docs/RESULTS.md section 18). Gains per run: '
                  f'{calibration_gains_note(calibrated)}.')
