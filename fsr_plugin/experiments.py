@@ -195,12 +195,18 @@ def ratio(gap, floor):
     return 0.0 if gap == 0 else float('inf')
 
 
-def moment_rows(records_by_run, label_of):
-    """Table rows (label, r, gap_1, floor_1, ratio_1, gap_2, floor_2, ratio_2, learned k/n) from the FINAL
-    fsr_moment_gap record of each run, grouped by label (spread over runs)."""
+def final_results_by_label(records_by_run, label_of):
+    """{label: [the FINAL record's results of each run with that label]} from [(run, records)], in run order."""
     groups = {}
     for run, records in records_by_run:
         groups.setdefault(label_of(run), []).append(records[-1]['results'])
+    return groups
+
+
+def moment_rows(records_by_run, label_of):
+    """Table rows (label, r, gap_1, floor_1, ratio_1, gap_2, floor_2, ratio_2, learned k/n) from the FINAL
+    fsr_moment_gap record of each run, grouped by label (spread over runs)."""
+    groups = final_results_by_label(records_by_run, label_of)
     rows = []
     for label, results in groups.items():
         levels = sorted(per_level(results[0], 'fsr_moment_gap1_res{r}'))
@@ -219,9 +225,7 @@ def moment_rows(records_by_run, label_of):
 def consistency_rows(records_by_run, label_of):
     """Table rows (label, r, paired, unpaired) from the FINAL fsr_level_consistency record of each run, grouped by
     label (spread over runs)."""
-    groups = {}
-    for run, records in records_by_run:
-        groups.setdefault(label_of(run), []).append(records[-1]['results'])
+    groups = final_results_by_label(records_by_run, label_of)
     rows = []
     for label, results in groups.items():
         for r in sorted(per_level(results[0], 'fsr_consistency_res{r}')):
@@ -235,9 +239,7 @@ MOMENT_HEADERS = ['arm', 'r', 'gap_1 (mean)', 'floor_1', 'gap_1 / floor_1', 'gap
 
 
 def swd_rows(records_by_run, label_of):
-    groups = {}
-    for run, records in records_by_run:
-        groups.setdefault(label_of(run), []).append(records[-1]['results'])
+    groups = final_results_by_label(records_by_run, label_of)
     rows = []
     for label, results in groups.items():
         for r in sorted(per_level(results[0], 'fsr_swd_res{r}')):

@@ -456,10 +456,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, self.moment_weights,
                                                        patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs,
                                                        unbiased=self.cfg.moments_unbiased)
-        for r, (_, mean_term, cov_term) in losses.items():
-            training_stats.report(f'FSR/moments_mean_r{r}', mean_term)
-            training_stats.report(f'FSR/moments_cov_r{r}', cov_term)
-        return {'moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
+        return _report_level_terms('moments', losses, ('moments_mean', 'moments_cov'))
 
     def _contrast_terms(self, fake_pyr, ctx):
         """--fsr-contrast: {'contrast': sum over levels of weight * squared relative patch-variance mismatch} for the
@@ -468,10 +465,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         losses = patch_moment_loss.level_contrast_losses(fake_pyr, real_pyr, self.contrast_weights,
                                                          patch_size=self.cfg.moments_patch,
                                                          unbiased=self.cfg.moments_unbiased)
-        for r, (_, value, ratio) in losses.items():
-            training_stats.report(f'FSR/contrast_r{r}', value)
-            training_stats.report(f'FSR/contrast_ratio_r{r}', ratio)
-        return {'contrast': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
+        return _report_level_terms('contrast', losses, ('contrast', 'contrast_ratio'))
 
     def _image_moment_terms(self, fake_pyr, ctx):
         """--fsr-image-moments: {'image_moments': sum over levels of weight * (mean term + covariance term) of the
@@ -479,10 +473,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = patch_moment_loss.level_image_mean_losses(fake_pyr, real_pyr, self.image_moment_weights,
                                                            unbiased=self.cfg.moments_unbiased)
-        for r, (_, mean_term, cov_term) in losses.items():
-            training_stats.report(f'FSR/image_mean_r{r}', mean_term)
-            training_stats.report(f'FSR/image_cov_r{r}', cov_term)
-        return {'image_moments': sum(weighted for weighted, _, _ in losses.values())} if losses else {}
+        return _report_level_terms('image_moments', losses, ('image_mean', 'image_cov'))
 
     def _consistency_terms(self, fake_pyr, ctx):
         """--fsr-consistency: {'consistency': sum over levels r of weight * |down(x_r) - x_{r/2}|^2 / the real level
@@ -492,9 +483,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                                                             filter=self.cfg.pyramid_filter,
                                                             detach_lower=self.cfg.consistency_detach,
                                                             mode=self.cfg.consistency_mode)
-        for r, (_, value) in losses.items():
-            training_stats.report(f'FSR/consistency_r{r}', value)
-        return {'consistency': sum(weighted for weighted, _ in losses.values())} if losses else {}
+        return _report_level_terms('consistency', losses, ('consistency',))
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -615,6 +604,15 @@ def update_training_options(c, options):
     if cfg.diagnostics:
         c.metrics = list(c.metrics) + [m for m in FSR_METRICS if m not in c.metrics]
     c.desc += '-fsr'
+
+
+def _report_level_terms(name, losses, stat_names):
+    """A per-level G loss's result {r: (weighted loss, stat_1, ..., stat_k)} -> {name: sum of the weighted losses}
+    ({} without levels), after reporting stat_i of every level as FSR/<stat_names[i]>_r<r>."""
+    for r, (_, *stats) in losses.items():
+        for stat_name, value in zip(stat_names, stats, strict=True):
+            training_stats.report(f'FSR/{stat_name}_r{r}', value)
+    return {name: sum(terms[0] for terms in losses.values())} if losses else {}
 
 
 def _level_weights(weight, resolutions):
