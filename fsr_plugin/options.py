@@ -79,6 +79,7 @@ class FSRConfig:
     pair_channels: int = 32
     pair_depth: int = 2
     pair_mbstd: int = 4                 # minibatch-std group size in the pair blocks (0 = off)
+    pair_global: int = 0                # hidden width of the pair blocks' image-level perceptron (0 = off)
     schedule: str = 'none'              # none | layerwise
     start_res: object = None
     stage_kimg: object = None           # float or list of floats
@@ -150,6 +151,7 @@ class FSRConfig:
             pair_channels=int(opts.get('fsr_pair_channels') or 32),
             pair_depth=int(opts.get('fsr_pair_depth') if opts.get('fsr_pair_depth') is not None else 2),
             pair_mbstd=int(opts.get('fsr_pair_mbstd') if opts.get('fsr_pair_mbstd') is not None else 4),
+            pair_global=int(opts.get('fsr_pair_global') or 0),
             schedule=opts.get('fsr_schedule') or 'none',
             start_res=opts.get('fsr_start_res'),
             stage_kimg=stage_kimg,
@@ -305,6 +307,9 @@ def cli_options():
                      show_default=True),
         click.option('--fsr-pair-mbstd', help='FSR pair-discriminator minibatch-std group (0 = off)', type=int,
                      default=4, show_default=True),
+        click.option('--fsr-pair-global', help='FSR pair discriminators: hidden width of an image-level perceptron '
+                     'on each pair\'s pooled features and mean colours (0 = local scores only)', type=click.IntRange(min=0),
+                     default=0, show_default=True),
         click.option('--fsr-schedule', help='FSR stage schedule', type=click.Choice(['none', 'layerwise']),
                      default='none', show_default=True),
         click.option('--fsr-start-res', help='FSR first stage resolution', type=int),

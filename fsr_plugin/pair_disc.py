@@ -9,7 +9,16 @@ For a level of resolution r (r >= 2 * r_1), D_l sees the pair (x_lo [N, C, r/2, 
     score = mean over positions of score_map                  [N, 1]
 
 so a score-map value only depends on a (2 * depth * (k // 2) + 1)-pixel window of the pair (plus the upsampling
-footprint of x_lo): the block judges the local super-resolution x_lo -> x_hi. The layers are the host's
+footprint of x_lo): the block judges the local super-resolution x_lo -> x_hi. Such a score is linear in the pooled
+local features, so it cannot weigh an image-wide statistic against its spread over the batch (how much the images'
+mean colours vary, say) except through the curvature of its local features. With `global_channels` = H > 0 the
+block adds an image-level term (`--fsr-pair-global`):
+
+    g = concat(mean_p h_p, mean colour of x_lo, mean colour of x_hi)       [N, channels (+ mbstd) + 2C]
+    score += fc_1(lrelu-fc_H(g))                                          [N, 1]
+
+a two-layer perceptron on the image's pooled features, which sees the whole image at once as the main
+discriminator's last layers do. The layers are the host's
 training.networks.Conv2dLayer (equalised learning rate, bias, lrelu with gain sqrt(2)) and MinibatchStdLayer.
 
 `pair_r1_penalty(scores, inputs)` is R1 for real pairs: per-sample squared gradient norm with respect to both images.
@@ -20,6 +29,7 @@ import torch
 from torch_utils import persistence
 from torch_utils.ops import upfirdn2d
 from training.networks import Conv2dLayer
+from training.networks import FullyConnectedLayer
 from training.networks import MinibatchStdLayer
 
 # This module imports only host code: its source travels inside snapshots and must load without fsr_plugin.
@@ -45,10 +55,12 @@ class PairDiscriminator(torch.nn.Module):
     pair). kernel_size: k (odd). activation: of the stack (host activation name). mbstd_group_size: 0 = no
     minibatch-std, else the group size (N must be divisible by min(group, N)). mbstd_num_channels: its channels.
     upsample: 'nearest' or 'fir' (how x_lo is brought to r). conv_clamp: host clamp of the conv outputs (None = off).
+    global_channels: 0 = local scores only; H > 0 = add the image-level perceptron of the module docstring (hidden
+    width H).
     """
 
     def __init__(self, resolution, img_channels, channels=64, depth=2, kernel_size=3, activation='lrelu',
-                 mbstd_group_size=0, mbstd_num_channels=1, upsample='nearest', conv_clamp=None):
+                 mbstd_group_size=0, mbstd_num_channels=1, upsample='nearest', conv_clamp=None, global_channels=0):
         super().__init__()
         if not isinstance(resolution, int) or resolution < 2 or resolution % 2:
             raise ValueError(f'PairDiscriminator: resolution must be an even int >= 2, got {resolution!r}')
@@ -60,6 +72,8 @@ class PairDiscriminator(torch.nn.Module):
             raise ValueError(f'PairDiscriminator: upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}')
         if mbstd_group_size < 0 or mbstd_num_channels < 1:
             raise ValueError('PairDiscriminator: mbstd_group_size must be >= 0 and mbstd_num_channels >= 1')
+        if not isinstance(global_channels, int) or isinstance(global_channels, bool) or global_channels < 0:
+            raise ValueError(f'PairDiscriminator: global_channels must be an int >= 0, got {global_channels!r}')
         self.resolution = resolution
         self.img_channels = int(img_channels)
         self.channels = int(channels)
@@ -75,10 +89,17 @@ class PairDiscriminator(torch.nn.Module):
             setattr(self, f'conv{i}', Conv2dLayer(layer_in, self.channels, kernel_size=kernel_size,
                                                   activation=activation, conv_clamp=conv_clamp))
             in_ch = self.channels
-        self.out = Conv2dLayer(in_ch + (mbstd_ch if depth <= 1 else 0), 1, kernel_size=1)
+        feature_ch = in_ch + (mbstd_ch if depth <= 1 else 0)
+        self.out = Conv2dLayer(feature_ch, 1, kernel_size=1)
+        self.global_channels = global_channels
+        if global_channels:
+            self.global_fc = FullyConnectedLayer(feature_ch + 2 * self.img_channels, global_channels,
+                                                 activation=activation)
+            self.global_out = FullyConnectedLayer(global_channels, 1)
 
     def score_map(self, x_lo, x_hi):
-        """Per-position scores [N, 1, r, r] (float32)."""
+        """Per-position scores [N, 1, r, r] (float32): the local part of the score (without the image-level term of
+        `global_channels`)."""
         return self.out(self._features(x_lo, x_hi))
 
     def _features(self, x_lo, x_hi):
@@ -104,21 +125,29 @@ class PairDiscriminator(torch.nn.Module):
 
         The final layer is a linear 1x1 convolution, so the mean over positions is taken first and the layer is
         applied to the pooled features: mean_p(w . h_p + b) = w . mean_p(h_p) + b, the same value as
-        score_map(...).mean(dim=[2, 3]) (up to float rounding) at a fraction of the cost.
+        score_map(...).mean(dim=[2, 3]) (up to float rounding) at a fraction of the cost. With global_channels > 0
+        the image-level term is added.
         """
         h = self._features(x_lo, x_hi)
+        pooled = h.mean(dim=[2, 3])  # [N, C]
         out = self.out
         if out.activation != 'linear' or out.conv_clamp is not None or out.spectral_norm or out.up != 1 or \
                 out.down != 1 or out.weight.shape[2:] != (1, 1):
-            return out(h).mean(dim=[2, 3])  # Not a plain linear 1x1 layer (never built here): the direct form.
-        pooled = h.mean(dim=[2, 3])  # [N, C]
-        w = (out.weight * out.weight_gain).reshape(out.out_channels, -1).to(pooled.dtype)
-        b = out.bias.to(pooled.dtype) if out.bias is not None else None
-        return torch.nn.functional.linear(pooled, w, b) * out.act_gain
+            score = out(h).mean(dim=[2, 3])  # Not a plain linear 1x1 layer (never built here): the direct form.
+        else:
+            w = (out.weight * out.weight_gain).reshape(out.out_channels, -1).to(pooled.dtype)
+            b = out.bias.to(pooled.dtype) if out.bias is not None else None
+            score = torch.nn.functional.linear(pooled, w, b) * out.act_gain
+        if self.global_channels:
+            g = torch.cat([pooled, x_lo.to(pooled.dtype).mean(dim=[2, 3]), x_hi.to(pooled.dtype).mean(dim=[2, 3])],
+                          dim=1)
+            score = score + self.global_out(self.global_fc(g))
+        return score
 
     def extra_repr(self):
         return (f'resolution={self.resolution}, channels={self.channels}, depth={self.depth}, '
-                f'kernel_size={self.kernel_size}, upsample={self.upsample}, mbstd_group_size={self.mbstd_group_size}')
+                f'kernel_size={self.kernel_size}, upsample={self.upsample}, mbstd_group_size={self.mbstd_group_size}, '
+                f'global_channels={self.global_channels}')
 
 
 @persistence.persistent_class

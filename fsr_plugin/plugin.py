@@ -98,7 +98,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
         if cfg.pair:
             self.pairs = PairDiscriminators(resolutions, G.img_channels, channels=cfg.pair_channels,
-                                            depth=cfg.pair_depth, mbstd_group_size=cfg.pair_mbstd)
+                                            depth=cfg.pair_depth, mbstd_group_size=cfg.pair_mbstd,
+                                            global_channels=cfg.pair_global)
             modules['pairs'] = hooks_lib.ExtraModule(self.pairs, side='D')
         if cfg.sparsity != 'none':
             weights = cfg.sparsity_weight if isinstance(cfg.sparsity_weight, dict) else \
