@@ -28,7 +28,8 @@ import torch
 from .patch_swd import level_patch_rows
 
 __all__ = ['patch_mean_cov', 'moment_matching_loss', 'level_moment_losses', 'contrast_matching_loss',
-           'level_contrast_losses', 'level_image_mean_losses', 'patch_total_variance']
+           'level_contrast_losses', 'level_image_mean_losses', 'patch_total_variance', 'mean_image_loss',
+           'level_mean_image_losses']
 
 
 def patch_mean_cov(rows):
@@ -180,4 +181,43 @@ def level_image_mean_losses(fake_pyramid, real_pyramid, weights, unbiased=False)
                                     'level_image_mean_losses') if unbiased else {}
         mean_term, cov_term = moment_matching_loss(rows_fake, rows_real, **splits)
         out[r] = (w * (mean_term + cov_term), mean_term.detach(), cov_term.detach())
+    return out
+
+
+def mean_image_loss(fake, real, eps=1e-12, unbiased=False):
+    """Mismatch of the per-position first moment of images fake [N, C, H, W] and real [M, C, H, W]: the mean over
+    positions p of |m_fake(p) - m_real(p)|^2 (m(p) [C]: the batch's average colour at p), over the reals' total pixel
+    variance (the sum over channels of the variance over images and positions; it carries no gradient). A constant
+    shift of every pixel by one real pixel standard deviation scores 1. The patch moments pool positions, so they
+    see a fixed pattern (a line the generator paints in every image at the same place) only at the image borders.
+    unbiased=True: the split-half cross product <mA_fake - mA_real, mB_fake - mB_real> over halves of the images,
+    whose expectation is the population mismatch without the batch means' variance (both batches need at least 2
+    images). Differentiable in fake. Returns a scalar."""
+    if fake.ndim != 4 or real.ndim != 4 or fake.shape[1:] != real.shape[1:]:
+        raise ValueError(f'mean_image_loss: expected fake [N, C, H, W] and real [M, C, H, W] of one size, got '
+                         f'{list(fake.shape)} and {list(real.shape)}')
+    real = real.detach().to(fake.dtype)
+    spread = real.var(dim=[0, 2, 3], unbiased=False).sum().clamp_min(eps)
+    positions = fake.shape[2] * fake.shape[3]
+    if not unbiased:
+        return (fake.mean(dim=0) - real.mean(dim=0)).square().sum() / (positions * spread)
+    for name, x in (('fake', fake), ('real', real)):
+        if x.shape[0] < 2:
+            raise ValueError(f'mean_image_loss: unbiased=True needs at least 2 {name} images, got {x.shape[0]}')
+    nf, nr = fake.shape[0] // 2, real.shape[0] // 2
+    da = fake[:nf].mean(dim=0) - real[:nr].mean(dim=0)
+    db = fake[nf:].mean(dim=0) - real[nr:].mean(dim=0)
+    return (da * db).sum() / (positions * spread)
+
+
+def level_mean_image_losses(fake_pyramid, real_pyramid, weights, unbiased=False):
+    """Per level r with weight > 0 and present in both pyramids ({r: [N, C, r, r]}): weights[r] * `mean_image_loss`.
+    Returns {r: (weighted loss, unweighted value)}."""
+    out = {}
+    for r, x_fake in fake_pyramid.items():
+        w = float(weights.get(r, 0.0))
+        if w <= 0 or r not in real_pyramid:
+            continue
+        value = mean_image_loss(x_fake, real_pyramid[r], unbiased=unbiased)
+        out[r] = (w * value, value.detach())
     return out

@@ -73,6 +73,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.moment_weights = {}
         self.contrast_weights = {}
         self.image_moment_weights = {}
+        self.mean_image_weights = {}
         self.consistency_weights = {}
         self._real_cache = (None, None, None)
         self._fake_cache = []  # --fsr-main-d=head: [(features dict of a generator pass, its head pyramid)], last 2
@@ -113,6 +114,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.contrast_weights = _level_weights(cfg.contrast_weight,
                                                [r for r in resolutions if r >= cfg.moments_patch])
         self.image_moment_weights = _level_weights(cfg.image_moments_weight, resolutions)
+        self.mean_image_weights = _level_weights(cfg.mean_image_weight, resolutions)
         self.consistency_weights = _level_weights(cfg.consistency_weight, resolutions[1:])
         if cfg.top_restart > 0:
             self.usage = channel_restart.ChannelUsage(self.heads.head(resolutions[-1]).in_channels, window=cfg.top_wta,
@@ -332,6 +334,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.image_moment_weights:
                     terms.update(self._image_moment_terms(fake_pyr, ctx))
+                if self.mean_image_weights:
+                    terms.update(self._mean_image_terms(fake_pyr, ctx))
                 if self.consistency_weights:
                     terms.update(self._consistency_terms(fake_pyr, ctx))
                 if self.pairs is not None:
@@ -475,6 +479,14 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         losses = patch_moment_loss.level_image_mean_losses(fake_pyr, real_pyr, self.image_moment_weights,
                                                            unbiased=self.cfg.moments_unbiased)
         return _report_level_terms('image_moments', losses, ('image_mean', 'image_cov'))
+
+    def _mean_image_terms(self, fake_pyr, ctx):
+        """--fsr-mean-image: {'mean_image': sum over levels of weight * the batch mean images' mismatch} for the G
+        phase; logs FSR/mean_image_r<r> (unweighted)."""
+        real_pyr = self._real_levels_like(fake_pyr, ctx)
+        losses = patch_moment_loss.level_mean_image_losses(fake_pyr, real_pyr, self.mean_image_weights,
+                                                           unbiased=self.cfg.moments_unbiased)
+        return _report_level_terms('mean_image', losses, ('mean_image',))
 
     def _consistency_terms(self, fake_pyr, ctx):
         """--fsr-consistency: {'consistency': sum over levels r of weight * |down(x_r) - x_{r/2}|^2 / the real level
@@ -629,6 +641,7 @@ def _check_level_loss_options(cfg, resolution):
               ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'),
               ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'),
               ('--fsr-image-moments', cfg.image_moments_weight, 1, None),
+              ('--fsr-mean-image', cfg.mean_image_weight, 1, None),
               ('--fsr-consistency', cfg.consistency_weight, 1, None))
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
