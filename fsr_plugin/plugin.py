@@ -334,7 +334,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.image_moment_weights:
                     terms.update(self._image_moment_terms(fake_pyr, ctx))
-                if self.mean_image_weights:
+                if self.mean_image_weights and ctx.get('cur_nimg', 0) >= cfg.mean_image_kimg * 1000:
                     terms.update(self._mean_image_terms(fake_pyr, ctx))
                 if self.consistency_weights:
                     terms.update(self._consistency_terms(fake_pyr, ctx))
@@ -482,7 +482,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
 
     def _mean_image_terms(self, fake_pyr, ctx):
         """--fsr-mean-image: {'mean_image': sum over levels of weight * the batch mean images' mismatch} for the G
-        phase; logs FSR/mean_image_r<r> (unweighted)."""
+        phase (from --fsr-mean-image-kimg on); logs FSR/mean_image_r<r> (unweighted)."""
         real_pyr = self._real_levels_like(fake_pyr, ctx)
         losses = patch_moment_loss.level_mean_image_losses(fake_pyr, real_pyr, self.mean_image_weights,
                                                            unbiased=self.cfg.moments_unbiased)

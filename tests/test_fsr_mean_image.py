@@ -100,8 +100,21 @@ def test_fsr_mean_image_trains_reports_and_cli(tmp_path, one_thread):
     for key in ('Loss/fsr/mean_image', 'FSR/mean_image_r8', 'FSR/mean_image_r16'):
         assert key in stats and np.isfinite(stats[key]['mean']), key
     assert 'FSR/mean_image_r4' not in stats
-    res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=16:5'], tmp_path)
+    # --fsr-mean-image-kimg: the term is on only in the steps from that many images on (here the last two of four).
+    late = make_plugin(dict(fsr=True, fsr_pair=False, fsr_mean_image='16:3', fsr_mean_image_kimg=0.016),
+                       dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
+    assert late.cfg.mean_image_kimg == 0.016 and plugin.cfg.mean_image_kimg == 0.0
+    os.makedirs(tmp_path / 'late')
+    training_loop.training_loop(**loop_kwargs(tmp_path / 'late', 0.032, plugins=[late]))
+
+    def steps_with_term(run):
+        rows = [json.loads(line) for line in (tmp_path / run / 'stats.jsonl').read_text().splitlines()]
+        return sum(row['FSR/mean_image_r16']['num'] for row in rows if 'FSR/mean_image_r16' in row)
+
+    assert steps_with_term('run') == 4 and steps_with_term('late') == 2
+    res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=16:5',
+                                                                         '--fsr-mean-image-kimg=80'], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert '"fsr_mean_image": "16:5"' in res.stdout
+    assert '"fsr_mean_image": "16:5"' in res.stdout and '"fsr_mean_image_kimg": 80.0' in res.stdout
     res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=-1'], tmp_path)
     assert res.returncode != 0 and 'weights must be >= 0' in res.stderr, res.stderr[-2000:]
