@@ -65,7 +65,7 @@ class FSRConfig:
     image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
     mean_image_weight: object = 0.0     # per-position mean (the batch's mean image) matching weight: float or {res: w}
     mean_image_kimg: float = 0.0        # the mean-image term is on from this many kimg of training
-    consistency_weight: object = 0.0    # pyramid consistency |down(x_r) - x_{r/2}|^2 loss weight: float or {res: weight}
+    consistency_weight: object = 0.0    # pyramid consistency |down(x_r) - x_{r/2}|^2 weight: float or {res: weight}
     consistency_detach: bool = True     # its lower level is a fixed target (only the higher level moves)
     consistency_mode: str = 'full'      # full (every pixel of the downscaled level) | mean (each image's mean colour)
     pyramid_filter: str = 'box'         # box | fir
@@ -279,7 +279,7 @@ def cli_options():
                      'average colour at every position against the real pyramid\'s, over the reals\' pixel variance '
                      '(a pattern painted at the same place in every image; split-half with --fsr-moments-unbiased): '
                      'number or "res:w,res:w" (0 = off)', type=str, default='0', show_default=True),
-        click.option('--fsr-mean-image-kimg', help='FSR: --fsr-mean-image is on from this many kimg of training on '
+        click.option('--fsr-mean-image-kimg', help='FSR: --fsr-mean-image is on once this many kimg have been shown '
                      '(0 = from the start)', type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option('--fsr-consistency', help='FSR: weight of the pyramid consistency loss of generated level r, '
                      'the squared difference between its 2x downsampling (the --fsr-pyramid-filter) and the level r/2 '
@@ -318,8 +318,8 @@ def cli_options():
         click.option('--fsr-pair-mbstd', help='FSR pair-discriminator minibatch-std group (0 = off)', type=int,
                      default=4, show_default=True),
         click.option('--fsr-pair-global', help='FSR pair discriminators: hidden width of an image-level perceptron '
-                     'on each pair\'s pooled features and mean colours (0 = local scores only)', type=click.IntRange(min=0),
-                     default=0, show_default=True),
+                     'on each pair\'s pooled features and mean colours (0 = local scores only)',
+                     type=click.IntRange(min=0), default=0, show_default=True),
         click.option('--fsr-schedule', help='FSR stage schedule', type=click.Choice(['none', 'layerwise']),
                      default='none', show_default=True),
         click.option('--fsr-start-res', help='FSR first stage resolution', type=int),
