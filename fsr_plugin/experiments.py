@@ -661,10 +661,10 @@ def synthetic(**params):
         rep.heading('Patch-moment gaps after EMA recalibration (final snapshot)')
         rep.text(f'The same table for a copy of the final snapshot whose EMA heads got one contrast gain per level '
                  f'about the level\'s mean (fsr_plugin.ema_calibration, {CALIBRATION_IMAGES} generated and real '
-                 f'images; its real sample is a separate draw, numpy seed 1, from the gap\'s, seed 0), so that each level paints the reals\' '
-                 f'total patch variance: G_ema averages weights, and on the synthetic teacher the average paints '
-                 f'less contrast than the iterates it averages (docs/RESULTS.md section 18). Gains per run: '
-                 f'{calibration_gains_note(calibrated)}.')
+                 f'images; its real sample is a separate draw, numpy seed 1, from the gap\'s, seed 0), so that each '
+                 f'level paints the reals\' total patch variance: G_ema averages weights, and on the synthetic '
+                 f'teacher the average paints less contrast than the iterates it averages (docs/RESULTS.md section '
+                 f'18). Gains per run: {calibration_gains_note(calibrated)}.')
         if calibrated:
             rep.table(MOMENT_HEADERS, moment_rows(calibrated, lambda r: r.label))
         for name, note in sorted(calibration_notes.items()):
@@ -673,12 +673,12 @@ def synthetic(**params):
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')
     rep.text(f'Mean pairwise L2 distance of {SPREAD_IMAGES} generated images (G_ema, constant noise) divided by that '
-             f'of {SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied as '
-             f'the teacher; values near 0 mean the generator draws nearly the same image every time (mode collapse), '
-             f'which keeps the covariance gap near 1 whatever else is learned. A generator with noise inputs may draw '
-             f'part of its variety from them, as the teacher draws most of each level\'s variety from its top-level '
-             f'jitter (teacher reference below): a teacher-like model held to fixed noise would score about the '
-             f'square root of the z share there, not 1.')
+             f'of {SPREAD_IMAGES} teacher images, per level (fsr_plugin.snapshot_eval.pyramid_spread). 1 = as varied '
+             f'as the teacher; values near 0 mean the generator draws nearly the same image every time (mode '
+             f'collapse), which keeps the covariance gap near 1 whatever else is learned. A generator with noise '
+             f'inputs may draw part of its variety from them, as the teacher draws most of each level\'s variety from '
+             f'its top-level jitter (teacher reference below): a teacher-like model held to fixed noise would score '
+             f'about the square root of the z share there, not 1.')
     levels = sorted({r for v in spreads.values() for r in v})
     rep.table(['arm'] + [str(r) for r in levels],
               [[arm] + [fmt_spread([spreads[run.name].get(r) for run in runs if run.label == arm

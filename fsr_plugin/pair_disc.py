@@ -18,8 +18,8 @@ block adds an image-level term (`--fsr-pair-global`):
     score += fc_1(lrelu-fc_H(g))                                          [N, 1]
 
 a two-layer perceptron on the image's pooled features, which sees the whole image at once as the main
-discriminator's last layers do. The layers are the host's
-training.networks.Conv2dLayer (equalised learning rate, bias, lrelu with gain sqrt(2)) and MinibatchStdLayer.
+discriminator's last layers do. The layers are the host's training.networks.Conv2dLayer (equalised learning rate,
+bias, lrelu with gain sqrt(2)), FullyConnectedLayer and MinibatchStdLayer.
 
 `pair_r1_penalty(scores, inputs)` is R1 for real pairs: per-sample squared gradient norm with respect to both images.
 """
