@@ -71,6 +71,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_weights = {}
         self.swd_image_weights = {}
         self.moment_weights = {}
+        self.moment_late_weights = {}  # --fsr-moments-late: the moment weights from --fsr-moments-late-kimg on
         self.contrast_weights = {}
         self.image_moment_weights = {}
         self.mean_image_weights = {}
@@ -111,6 +112,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.swd_weights = _level_weights(cfg.swd_weight, [r for r in resolutions if r >= cfg.swd_patch])
         self.swd_image_weights = _level_weights(cfg.swd_image_weight, resolutions)
         self.moment_weights = _level_weights(cfg.moments_weight, [r for r in resolutions if r >= cfg.moments_patch])
+        self.moment_late_weights = _level_weights(cfg.moments_late_weight,
+                                                  [r for r in resolutions if r >= cfg.moments_patch])
         self.contrast_weights = _level_weights(cfg.contrast_weight,
                                                [r for r in resolutions if r >= cfg.moments_patch])
         self.image_moment_weights = _level_weights(cfg.image_moments_weight, resolutions)
@@ -328,8 +331,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._atom_recon_terms(ctx, feats))
                 if self.swd_weights or self.swd_image_weights:
                     terms.update(self._swd_terms(fake_pyr, ctx))
-                if self.moment_weights:
-                    terms.update(self._moment_terms(fake_pyr, ctx))
+                moment_weights = self.moment_weights_at(ctx.get('cur_nimg', 0))
+                if moment_weights:
+                    terms.update(self._moment_terms(fake_pyr, ctx, moment_weights))
                 if self.contrast_weights:
                     terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.image_moment_weights:
@@ -454,11 +458,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                 training_stats.report(f'FSR/top_amp_{name}_p50', q[1])
         return value
 
-    def _moment_terms(self, fake_pyr, ctx):
+    def moment_weights_at(self, cur_nimg):
+        """{res: weight} of the patch-moment loss after cur_nimg training images: --fsr-moments, replaced by
+        --fsr-moments-late once cur_nimg >= --fsr-moments-late-kimg * 1000 (when that option is given)."""
+        if self.moment_late_weights and cur_nimg >= self.cfg.moments_late_kimg * 1000:
+            return self.moment_late_weights
+        return self.moment_weights
+
+    def _moment_terms(self, fake_pyr, ctx, weights):
         """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
-        phase; logs FSR/moments_mean_r<r> and FSR/moments_cov_r<r> (unweighted)."""
+        phase, weights {res: w}; logs FSR/moments_mean_r<r> and FSR/moments_cov_r<r> (unweighted)."""
         real_pyr = self._real_levels_like(fake_pyr, ctx)
-        losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, self.moment_weights,
+        losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, weights,
                                                        patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs,
                                                        unbiased=self.cfg.moments_unbiased)
         return _report_level_terms('moments', losses, ('moments_mean', 'moments_cov'))
@@ -639,6 +650,7 @@ def _check_level_loss_options(cfg, resolution):
     checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch, '--fsr-swd-patch'),
               ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
               ('--fsr-moments', cfg.moments_weight, cfg.moments_patch, '--fsr-moments-patch'),
+              ('--fsr-moments-late', cfg.moments_late_weight, cfg.moments_patch, '--fsr-moments-patch'),
               ('--fsr-contrast', cfg.contrast_weight, cfg.moments_patch, '--fsr-moments-patch'),
               ('--fsr-image-moments', cfg.image_moments_weight, 1, None),
               ('--fsr-mean-image', cfg.mean_image_weight, 1, None),
@@ -653,6 +665,12 @@ def _check_level_loss_options(cfg, resolution):
                                        f'generator')
             if r is not None and w > 0 and r < patch:
                 raise click.UsageError(f'{flag}: level {r} is smaller than the patch ({patch_flag}={patch})')
+    late = cfg.moments_late_weight if isinstance(cfg.moments_late_weight, dict) else {None: cfg.moments_late_weight}
+    if any(w > 0 for w in late.values()) and cfg.moments_late_kimg <= 0:
+        raise click.UsageError('--fsr-moments-late: give --fsr-moments-late-kimg=K (> 0), the kimg from which these '
+                               'weights replace --fsr-moments')
+    if cfg.moments_late_kimg > 0 and not any(w > 0 for w in late.values()):
+        raise click.UsageError('--fsr-moments-late-kimg: give the weights that start then with --fsr-moments-late')
     if isinstance(cfg.consistency_weight, dict) and cfg.consistency_weight.get(4, 0) > 0:
         raise click.UsageError('--fsr-consistency: level 4 is the lowest level and has no level below to agree with; '
                                'weights are keyed by the higher level of each pair (8 and up)')
