@@ -4,9 +4,8 @@ import json
 import os
 import sys
 
-import pytest
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_fsr_components import tiny_G  # noqa: E402
 from test_training import TINY, loop_kwargs, run_train  # noqa: E402
 
 from fsr_plugin.plugin import make_plugin  # noqa: E402
@@ -35,19 +34,11 @@ def test_moment_weights_switch_at_the_late_kimg(tmp_path, one_thread):
     assert steps('Loss/fsr/moments') == 4
     # Without the late option the early weights hold for the whole run; a single number covers every level >= q.
     plain = _plugin(fsr_moments='8:1')
-    plain.extra_modules(*_tiny_networks())
+    plain.extra_modules(tiny_G(), None, None, 'cpu')
     assert plain.moment_weights_at(10 ** 9) == {8: 1.0}
     every = _plugin(fsr_moments='0', fsr_moments_late='3', fsr_moments_late_kimg=5)
-    every.extra_modules(*_tiny_networks())
+    every.extra_modules(tiny_G(), None, None, 'cpu')
     assert every.moment_weights_at(4999) == {} and every.moment_weights_at(5000) == {4: 3.0, 8: 3.0, 16: 3.0}
-
-
-def _tiny_networks():
-    import dnnlib
-    kw = loop_kwargs('unused', 0)
-    G = dnnlib.util.construct_class_by_name(**kw['G_kwargs'], c_dim=0, img_resolution=16, img_channels=3)
-    D = dnnlib.util.construct_class_by_name(**kw['D_kwargs'], c_dim=0, img_resolution=16, img_channels=3)
-    return G, D, None, 'cpu'
 
 
 def test_moments_late_cli_and_refusals(tmp_path):
