@@ -63,6 +63,7 @@ class FSRConfig:
     moments_unbiased: bool = False      # its split-half estimate, free of the batch estimates' variance
     moments_late_weight: object = 0.0   # the moment weights from moments_late_kimg on: float or {res: weight}
     moments_late_kimg: float = 0.0      # when moments_late_weight replaces moments_weight (kimg of training)
+    moments_avg_kimg: float = 0.0       # > 0: the moment loss's direction from running moments of this half-life
     contrast_weight: object = 0.0       # patch total-variance (contrast) matching loss weight: float or {res: weight}
     image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
     mean_image_weight: object = 0.0     # per-position mean (the batch's mean image) matching weight: float or {res: w}
@@ -139,6 +140,7 @@ class FSRConfig:
             moments_unbiased=bool(opts.get('fsr_moments_unbiased', False)),
             moments_late_weight=_parse_per_layer(opts.get('fsr_moments_late'), '--fsr-moments-late') or 0.0,
             moments_late_kimg=float(opts.get('fsr_moments_late_kimg') or 0.0),
+            moments_avg_kimg=float(opts.get('fsr_moments_avg') or 0.0),
             contrast_weight=_parse_per_layer(opts.get('fsr_contrast'), '--fsr-contrast') or 0.0,
             image_moments_weight=_parse_per_layer(opts.get('fsr_image_moments'), '--fsr-image-moments') or 0.0,
             mean_image_weight=_parse_per_layer(opts.get('fsr_mean_image'), '--fsr-mean-image') or 0.0,
@@ -276,6 +278,10 @@ def cli_options():
                      'change during the run)', type=str, default='0', show_default=True),
         click.option('--fsr-moments-late-kimg', help='FSR: --fsr-moments-late replaces --fsr-moments once this many '
                      'kimg have been shown', type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-moments-avg', help='FSR --fsr-moments: take the mismatch from running averages of the '
+                     'fake and real batch moments with this half-life in kimg, and pull each batch along it (less '
+                     'noisy than one batch\'s mismatch; replaces the split-half form for this loss; 0 = off)',
+                     type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option('--fsr-contrast', help='FSR: weight of the per-level contrast loss, the squared relative '
                      'mismatch of the total variance of the head images\' q x q patches (q: --fsr-moments-patch; the '
                      'split-half form with --fsr-moments-unbiased): number or "res:w,res:w" (0 = off)', type=str,

@@ -40,6 +40,7 @@ from .heads import OutputHeads
 from .options import FSRConfig
 from .pair_disc import PairDiscriminators
 from .pair_disc import pair_r1_penalty
+from .running_moments import RunningMoments
 from .schedule import FSRSchedule
 from .sparsity import SparsityPenalty
 from . import upsampling_disc
@@ -85,6 +86,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.usage = None             # --fsr-top-restart: channel_restart.ChannelUsage of the top level
         self._restart = dict(next_nimg=0, total=0, used=0)
         self._last_real = None        # --fsr-top-restart-atom=data|missing: the last real batch seen
+        # --fsr-moments-avg: running fake and real patch moments per level
+        self.running_moments = RunningMoments(cfg.moments_avg_kimg) if cfg.moments_avg_kimg > 0 else None
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -129,9 +132,12 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.heads_ema = ema_modules.get('heads')
 
     def state_dict(self):
-        if self.usage is None:
-            return {}
-        return {'restart': dict(self._restart, usage=self.usage.state_dict())}
+        state = {}
+        if self.usage is not None:
+            state['restart'] = dict(self._restart, usage=self.usage.state_dict())
+        if self.running_moments is not None:
+            state['running_moments'] = self.running_moments.state_dict()
+        return state
 
     def snapshot_extras(self):
         """--fsr-main-d=head: the snapshot names its image source, the top level of the EMA heads
@@ -145,6 +151,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         if self.usage is not None and restart is not None:
             self.usage.load_state_dict(restart['usage'])
             self._restart = {k: int(restart[k]) for k in ('next_nimg', 'total', 'used')}
+        if self.running_moments is not None:
+            self.running_moments.load_state_dict((state or {}).get('running_moments'))
 
     # ------------------------------------------------------------------------------------------------------------------
     # --fsr-top-restart
@@ -469,9 +477,15 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         """--fsr-moments: {'moments': sum over levels of weight * (patch mean term + covariance term)} for the G
         phase, weights {res: w}; logs FSR/moments_mean_r<r> and FSR/moments_cov_r<r> (unweighted)."""
         real_pyr = self._real_levels_like(fake_pyr, ctx)
-        losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, weights,
-                                                       patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs,
-                                                       unbiased=self.cfg.moments_unbiased)
+        if self.running_moments is not None:
+            num_images = next(iter(fake_pyr.values())).shape[0]
+            losses = self.running_moments.level_losses(fake_pyr, real_pyr, weights, num_images,
+                                                       patch_size=self.cfg.moments_patch, pairs=self.cfg.moments_pairs)
+        else:
+            losses = patch_moment_loss.level_moment_losses(fake_pyr, real_pyr, weights,
+                                                           patch_size=self.cfg.moments_patch,
+                                                           pairs=self.cfg.moments_pairs,
+                                                           unbiased=self.cfg.moments_unbiased)
         return _report_level_terms('moments', losses, ('moments_mean', 'moments_cov'))
 
     def _contrast_terms(self, fake_pyr, ctx):
@@ -671,6 +685,10 @@ def _check_level_loss_options(cfg, resolution):
                                'weights replace --fsr-moments')
     if cfg.moments_late_kimg > 0 and not any(w > 0 for w in late.values()):
         raise click.UsageError('--fsr-moments-late-kimg: give the weights that start then with --fsr-moments-late')
+    if cfg.moments_avg_kimg > 0 and not any(w > 0 for weight in (cfg.moments_weight, cfg.moments_late_weight)
+                                            for w in (weight.values() if isinstance(weight, dict) else [weight])):
+        raise click.UsageError('--fsr-moments-avg: it changes the patch-moment loss, which is off; give its weights '
+                               'with --fsr-moments (or --fsr-moments-late)')
     if isinstance(cfg.consistency_weight, dict) and cfg.consistency_weight.get(4, 0) > 0:
         raise click.UsageError('--fsr-consistency: level 4 is the lowest level and has no level below to agree with; '
                                'weights are keyed by the higher level of each pair (8 and up)')
