@@ -322,7 +322,9 @@ def common_header(report, params, commands, notes=()):
 
 def eval_note(sizes, device):
     return (f'Evaluation (one setting for every arm): fsr_* metrics of the host registry with {sizes.images} images '
-            f'per sample (moment gaps: reference, floor and generated samples; SWD: per side), '
+            f'per sample (moment gaps: reference, floor and generated samples'
+            f'{f", gaps and floors the means of {sizes.moment_draws} independent draws" if sizes.moment_draws > 1 else ""}'
+            f'; SWD: per side), '
             f'{sizes.sparsity_images} generated images for sparsity (tau {sizes.sparsity_tau:g}, patch '
             f'{sizes.sparsity_patch}), latent seed {sizes.seed}, device {device}. Spread cells: mean ± std (ddof 0) '
             f'(min–max, n) over seeds. Per-resolution outputs are the FSR heads (EMA) where the run has them, else '
@@ -338,6 +340,9 @@ def _common(data_default=DEFAULT_SYNTHETIC_DATA, seeds_default='0,1,2', kimg_def
             click.option('--outdir', required=True, metavar='DIR', help='Folder of the report, runs and figures.'),
             click.option('--eval-images', type=click.IntRange(min=2), default=1000, show_default=True,
                          help='Images per sample of the moment gaps and per side of the SWD.'),
+            click.option('--eval-draws', type=click.IntRange(min=1), default=1, show_default=True,
+                         help='Independent draws (fresh fakes, disjoint reals) whose moment gaps and floors are '
+                              'averaged: the gap / floor of the expected gap and floor, steadier than one draw.'),
             click.option('--sparsity-images', type=click.IntRange(min=1), default=64, show_default=True,
                          help='Generated images for the sparsity measurement.'),
             click.option('--device', type=click.Choice(['cpu', 'cuda']), default='cpu', show_default=True,
@@ -391,7 +396,8 @@ def _setup(params, name):
         torch.set_num_threads(params['threads'])
     root = os.path.abspath(params['outdir'])
     sizes = se.EvalSizes(images=params['eval_images'], sparsity_images=params['sparsity_images'],
-                         sparsity_tau=params.get('sparsity_tau', 0.1), sparsity_patch=params.get('sparsity_patch', 1))
+                         sparsity_tau=params.get('sparsity_tau', 0.1), sparsity_patch=params.get('sparsity_patch', 1),
+                         moment_draws=params.get('eval_draws', 1))
     params['_reproduce'] = reproduce_line(name, params)
     return root, sizes
 

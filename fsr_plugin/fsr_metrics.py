@@ -22,6 +22,7 @@ Metrics and result keys (r = resolution):
   fsr_moment_gap   fsr_moment_gap1_res<r>, fsr_moment_gap2_res<r>, fsr_moment_floor1_res<r>,
                    fsr_moment_floor2_res<r>, fsr_moment_learned_res<r> (1 = both gaps within 2x the floor),
                    fsr_moment_learned_levels (count); levels smaller than the patch (r < q) are left out.
+                   With moment_draws = K > 1, every gap and floor is the mean over K independent draws.
                    Real images enter as x / 127.5 - 1 (the training convention), generated ones as produced.
   fsr_feature_sim  fsr_feature_sim_cos_res<r>, fsr_feature_sim_frac_res<r>, fsr_feature_sim_random_cos_res<r>,
                    fsr_feature_sim_random_frac_res<r>, fsr_feature_sim_available
@@ -72,6 +73,9 @@ class FSRMetricContext:
     resolutions:      resolutions to evaluate (default: the pyramid's, else 4 .. G.img_resolution).
     sparsity_images, sparsity_tau, sparsity_patch:  generated images, tau and patch size of fsr_sparsity.
     moment_images, moment_q:  images per sample (3 samples: real reference, real floor, fake) and patch size.
+    moment_draws:     independent draws of the three samples that fsr_moment_gap averages (disjoint reals, 2 x
+                      moment_images x moment_draws of them; fresh latents): its gaps and floors are the means over
+                      draws, so the gap / floor ratio is that of the expected gap to the expected floor.
     swd_images, swd_patches_per_image:  images per side and patches per image and band of fsr_swd_levels.
     random_draws:     random networks averaged for the feature-similarity baseline.
     seed:             seed of latents, dataset subsets, random baselines and SWD directions.
@@ -89,6 +93,7 @@ class FSRMetricContext:
     sparsity_patch: int = 1
     moment_images: int = 1000
     moment_q: int = 3
+    moment_draws: int = 1
     swd_images: int = 1024
     swd_patches_per_image: int = 64
     random_draws: int = 5
@@ -99,7 +104,7 @@ class FSRMetricContext:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise ValueError(f'FSRMetricContext.{name} must be callable or None, got {type(value).__name__}')
-        for name in ('sparsity_images', 'sparsity_patch', 'moment_images', 'moment_q', 'swd_images',
+        for name in ('sparsity_images', 'sparsity_patch', 'moment_images', 'moment_q', 'moment_draws', 'swd_images',
                      'swd_patches_per_image', 'random_draws'):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -255,8 +260,9 @@ _REAL_MOMENTS_CACHE = collections.OrderedDict()  # key -> {'real_a'/'real_b': {r
 _REAL_MOMENTS_CACHE_SIZE = 4
 
 
-def _real_moments(ctx, opts, dataset, n, q, resolutions):
-    """{'real_a', 'real_b': {r: PatchMoments}} of two disjoint samples of n dataset images (a seeded permutation).
+def _real_moments(ctx, opts, dataset, n, q, resolutions, draws=1):
+    """{'real_a', 'real_b': [{r: PatchMoments}] * draws}: per draw, two disjoint samples of n dataset images (a seeded
+    permutation; draw k takes images 2kn .. 2(k+1)n of it, so draws never share an image).
 
     They depend only on the data, the sample and the pyramid, not on the generator, so they are kept in memory
     (the last few settings) and reused for every later snapshot of the same evaluation: the real side was half of
@@ -265,17 +271,21 @@ def _real_moments(ctx, opts, dataset, n, q, resolutions):
     key = None
     if ctx.real_pyramid_fn is None:
         key = (json.dumps(opts.dataset_kwargs, sort_keys=True, default=str), len(dataset), n, q, ctx.seed,
-               tuple(resolutions), opts.pyramid_filter, str(opts.device))
+               tuple(resolutions), opts.pyramid_filter, str(opts.device), draws)
         if key in _REAL_MOMENTS_CACHE:
             _REAL_MOMENTS_CACHE.move_to_end(key)
             return copy.deepcopy(_REAL_MOMENTS_CACHE[key])
     perm = np.random.RandomState(ctx.seed).permutation(len(dataset))
-    samples = dict(real_a=perm[n:2 * n], real_b=perm[:n])  # disjoint, n images each
-    moments = {name: {r: diagnostics.PatchMoments(q) for r in resolutions} for name in samples}
-    for name, indices in samples.items():
-        for images in _real_batches(dataset, indices, opts.batch_size):
-            for r, x in _real_pyramid(ctx, opts, images, resolutions).items():
-                moments[name][r].update(x)
+    moments = {'real_a': [], 'real_b': []}
+    for k in range(draws):
+        base = 2 * k * n
+        samples = dict(real_a=perm[base + n:base + 2 * n], real_b=perm[base:base + n])  # disjoint, n images each
+        for name, indices in samples.items():
+            levels = {r: diagnostics.PatchMoments(q) for r in resolutions}
+            for images in _real_batches(dataset, indices, opts.batch_size):
+                for r, x in _real_pyramid(ctx, opts, images, resolutions).items():
+                    levels[r].update(x)
+            moments[name].append(levels)
     if key is not None:
         _REAL_MOMENTS_CACHE[key] = copy.deepcopy(moments)
         while len(_REAL_MOMENTS_CACHE) > _REAL_MOMENTS_CACHE_SIZE:
@@ -288,27 +298,37 @@ def _moment_gap_metric(ctx):
         G = _generator(opts)
         G_kwargs = metric_utils.generator_call_kwargs(G, opts)
         dataset = _open_dataset(opts, G, 'fsr_moment_gap')
-        n = min(ctx.moment_images, len(dataset) // 2)
+        draws = ctx.moment_draws
+        n = min(ctx.moment_images, len(dataset) // (2 * draws))
         if n < 1:
-            raise ValueError(f'fsr_moment_gap needs at least 2 dataset images, got {len(dataset)}')
+            raise ValueError(f'fsr_moment_gap needs at least {2 * draws} dataset images for {draws} draw(s) of two '
+                             f'disjoint real samples, got {len(dataset)}')
         q = ctx.moment_q
         resolutions = [r for r in _resolutions(ctx, opts, G) if r >= q]
         if not resolutions:
             raise ValueError(f'fsr_moment_gap: no resolution is at least the patch size q={q}')
-        moments = _real_moments(ctx, opts, dataset, n, q, resolutions)
-        moments['fake'] = {r: diagnostics.PatchMoments(q) for r in resolutions}
-        for z, c in _latents(G, opts, n, ctx.seed):
-            for r, x in _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions).items():
-                moments['fake'][r].update(x)
+        moments = _real_moments(ctx, opts, dataset, n, q, resolutions, draws)
+        # One stream of latents; draw k gets images kn .. (k+1)n of it (for one draw: the first n, as always).
+        moments['fake'] = [{r: diagnostics.PatchMoments(q) for r in resolutions} for _ in range(draws)]
+        done = 0
+        for z, c in _latents(G, opts, draws * n, ctx.seed):
+            levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions)
+            pos = 0
+            while pos < z.shape[0]:  # a batch may straddle two draws
+                stop = min(z.shape[0], pos + n - (done + pos) % n)
+                for r, x in levels.items():
+                    moments['fake'][(done + pos) // n][r].update(x[pos:stop])
+                pos = stop
+            done += z.shape[0]
         results, learned = {}, 0
         for r in resolutions:
-            g = diagnostics.moment_gap_with_floor(moments['real_a'][r], moments['real_b'][r], moments['fake'][r], q=q)
-            results[f'fsr_moment_gap1_res{r}'] = g['gap_1']
-            results[f'fsr_moment_gap2_res{r}'] = g['gap_2']
-            results[f'fsr_moment_floor1_res{r}'] = g['floor_1']
-            results[f'fsr_moment_floor2_res{r}'] = g['floor_2']
-            results[f'fsr_moment_learned_res{r}'] = float(g['learned'])
-            learned += int(g['learned'])
+            gaps = [diagnostics.moment_gap_with_floor(moments['real_a'][k][r], moments['real_b'][k][r],
+                                                      moments['fake'][k][r], q=q) for k in range(draws)]
+            for key in ('gap_1', 'gap_2', 'floor_1', 'floor_2'):
+                results[f'fsr_moment_{key.replace("_", "")}_res{r}'] = float(np.mean([g[key] for g in gaps]))
+            ok = all(results[f'fsr_moment_gap{k}_res{r}'] <= 2 * results[f'fsr_moment_floor{k}_res{r}'] for k in (1, 2))
+            results[f'fsr_moment_learned_res{r}'] = float(ok)
+            learned += int(ok)
         results['fsr_moment_learned_levels'] = float(learned)
         return results
     return fsr_moment_gap

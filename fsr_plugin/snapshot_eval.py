@@ -41,11 +41,14 @@ _SNAPSHOT_NAME = re.compile(r'network-snapshot-(\d+)\.pkl$')
 class EvalSizes:
     """Sample sizes of the evaluation: images per sample of fsr_moment_gap and per side of fsr_swd_levels
     (`images`), generated images of fsr_sparsity (`sparsity_images`), the sparsity threshold tau and patch size,
-    the metric seed, and the evaluation batch size."""
+    the metric seed, the evaluation batch size, and the independent draws that fsr_moment_gap averages
+    (`moment_draws`)."""
 
-    def __init__(self, images=1000, sparsity_images=64, sparsity_tau=0.1, sparsity_patch=1, seed=0, batch_size=32):
+    def __init__(self, images=1000, sparsity_images=64, sparsity_tau=0.1, sparsity_patch=1, seed=0, batch_size=32,
+                 moment_draws=1):
         for name, value in (('images', images), ('sparsity_images', sparsity_images),
-                            ('sparsity_patch', sparsity_patch), ('batch_size', batch_size)):
+                            ('sparsity_patch', sparsity_patch), ('batch_size', batch_size),
+                            ('moment_draws', moment_draws)):
             if int(value) < 1:
                 raise ValueError(f'EvalSizes: {name} must be >= 1, got {value}')
         self.images = int(images)
@@ -54,10 +57,12 @@ class EvalSizes:
         self.sparsity_patch = int(sparsity_patch)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.moment_draws = int(moment_draws)
 
     def as_dict(self):
         return dict(images=self.images, sparsity_images=self.sparsity_images, sparsity_tau=self.sparsity_tau,
-                    sparsity_patch=self.sparsity_patch, seed=self.seed, batch_size=self.batch_size)
+                    sparsity_patch=self.sparsity_patch, seed=self.seed, batch_size=self.batch_size,
+                    moment_draws=self.moment_draws)
 
 
 def snapshot_kimg(path):
@@ -161,7 +166,7 @@ class Snapshot:
             features_fn=features_fn, relu_resolutions=relu_res, resolutions=resolutions,
             sparsity_images=sizes.sparsity_images, sparsity_tau=sizes.sparsity_tau,
             sparsity_patch=sizes.sparsity_patch, moment_images=sizes.images, swd_images=sizes.images,
-            seed=sizes.seed)
+            seed=sizes.seed, moment_draws=sizes.moment_draws)
 
 
 def evaluate(snapshot, metric, sizes, dataset_kwargs=None, G=None, features_fn=None, device=None):

@@ -394,6 +394,45 @@ def test_moment_gap_metric_equals_floor_for_a_generator_replaying_real_b(tiny_da
                                                                          'fsr_moment_gap1_res4', 'fsr_moment_gap1_res8']
 
 
+def test_moment_gap_metric_averages_independent_draws(tiny_dataset):
+    """moment_draws=K: draw k compares fake images kn..(k+1)n of one latent stream with the real images 2kn+n..2kn+2n
+    (reference) and 2kn..2kn+n (floor) of the seeded permutation; gaps and floors are the means over draws. n = 5
+    does not divide the generator's batches of 16, so batches straddle draws."""
+    import dnnlib
+    dataset = dnnlib.util.construct_class_by_name(**tiny_dataset)
+    pool = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))])).float() / 127.5 - 1
+    served = []
+
+    def fake_levels(G, z, c, **kwargs):  # a "generator" whose images are a function of its latent
+        x = torch.tanh(z[:, :3, None, None] + pool[:z.shape[0]] * 0.5)
+        served.append(x)
+        return {16: x, 8: F.avg_pool2d(x, 2)}
+
+    n, draws = 5, 2
+    ctx = fsr_metrics.FSRMetricContext(pyramid_fn=fake_levels, moment_images=n, moment_draws=draws,
+                                       resolutions=(8, 16))
+    res = _calc('fsr_moment_gap', _tiny_G(16), tiny_dataset, ctx)
+    fakes = torch.cat(served)[:n * draws]
+    perm = np.random.RandomState(0).permutation(len(dataset))
+    for r in (8, 16):
+        per_draw = []
+        for k in range(draws):
+            def level(x):
+                return x if r == 16 else F.avg_pool2d(x, 2)
+            real_a = level(pool[perm[2 * k * n + n:2 * k * n + 2 * n]])
+            real_b = level(pool[perm[2 * k * n:2 * k * n + n]])
+            per_draw.append(dg.moment_gap_with_floor(real_a, real_b, level(fakes[k * n:(k + 1) * n])))
+        for key in ('gap_1', 'gap_2', 'floor_1', 'floor_2'):
+            expected = np.mean([g[key] for g in per_draw])
+            assert res[f'fsr_moment_{key.replace("_", "")}_res{r}'] == pytest.approx(expected, rel=1e-6), (r, key)
+        assert per_draw[0]['floor_2'] != pytest.approx(per_draw[1]['floor_2'], rel=1e-3)  # the draws differ
+    # Too few images for the draws: a clear error.
+    with pytest.raises(ValueError, match='needs at least 26 dataset images for 13 draw'):
+        _calc('fsr_moment_gap', _tiny_G(16), tiny_dataset, fsr_metrics.FSRMetricContext(moment_draws=13))
+    with pytest.raises(ValueError, match='moment_draws'):
+        fsr_metrics.FSRMetricContext(moment_draws=0)
+
+
 def test_moment_gap_reuses_the_real_moments_for_later_snapshots(tiny_dataset, monkeypatch):
     """The real side depends only on data, sample and pyramid: computed once, then served from memory with the
     same values; another sample size is computed afresh."""

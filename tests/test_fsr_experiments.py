@@ -136,7 +136,7 @@ def launched(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('fsr_experiments'))
     items = {
         'synthetic': _start(['synthetic', f'--outdir={root}/synthetic', f'--data={SYN_DATA}', '--seeds=0',
-                             '--jobs=2', '--oracle-steps=10', '--oracle-images=32',
+                             '--jobs=2', '--oracle-steps=10', '--oracle-images=32', '--eval-draws=2',
                              '--fsr-args=--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-head-lr=10 '
                              '--fsr-head-gain=1'] + TINY,
                             os.path.join(root, 'synthetic.log')),
@@ -237,6 +237,7 @@ def test_synthetic_moment_and_swd_tables_match_the_jsonl(synthetic_dir):
     learned = int(rec['fsr_moment_gap1_res16'] <= 2 * rec['fsr_moment_floor1_res16'] and
                   rec['fsr_moment_gap2_res16'] <= 2 * rec['fsr_moment_floor2_res16'])
     assert _cell(headers, row, 'within 2x floor (runs)') == f'{learned}/1'
+    assert 'gaps and floors the means of 2 independent draws' in report  # --eval-draws=2
     headers, rows = _table(report, 'arm', 'SWD')
     swd = _last_record(os.path.join(synthetic_dir, 'eval', 'layerwise-seed0', 'metric-fsr_swd_levels.jsonl'))
     row = [r for r in rows if r[0] == 'layerwise' and r[1] == '8'][0]
