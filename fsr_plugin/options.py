@@ -67,7 +67,7 @@ class FSRConfig:
     contrast_weight: object = 0.0       # patch total-variance (contrast) matching loss weight: float or {res: weight}
     image_moments_weight: object = 0.0  # per-image mean colour moment matching loss weight: float or {res: weight}
     mean_image_weight: object = 0.0     # per-position mean (the batch's mean image) matching weight: float or {res: w}
-    mean_image_kimg: float = 0.0        # the mean-image term is on from this many kimg of training
+    mean_image_kimg: object = 0.0       # the mean-image term is on from this many kimg: float or {res: kimg}
     consistency_weight: object = 0.0    # pyramid consistency |down(x_r) - x_{r/2}|^2 weight: float or {res: weight}
     consistency_detach: bool = True     # its lower level is a fixed target (only the higher level moves)
     consistency_mode: str = 'full'      # full (every pixel of the downscaled level) | mean (each image's mean colour)
@@ -144,7 +144,7 @@ class FSRConfig:
             contrast_weight=_parse_per_layer(opts.get('fsr_contrast'), '--fsr-contrast') or 0.0,
             image_moments_weight=_parse_per_layer(opts.get('fsr_image_moments'), '--fsr-image-moments') or 0.0,
             mean_image_weight=_parse_per_layer(opts.get('fsr_mean_image'), '--fsr-mean-image') or 0.0,
-            mean_image_kimg=float(opts.get('fsr_mean_image_kimg') or 0.0),
+            mean_image_kimg=_parse_per_layer(opts.get('fsr_mean_image_kimg'), '--fsr-mean-image-kimg') or 0.0,
             consistency_weight=_parse_per_layer(opts.get('fsr_consistency'), '--fsr-consistency') or 0.0,
             consistency_detach=bool(opts.get('fsr_consistency_detach', True)),
             consistency_mode=opts.get('fsr_consistency_mode') or 'full',
@@ -294,8 +294,9 @@ def cli_options():
                      'average colour at every position against the real pyramid\'s, over the reals\' pixel variance '
                      '(a pattern painted at the same place in every image; split-half with --fsr-moments-unbiased): '
                      'number or "res:w,res:w" (0 = off)', type=str, default='0', show_default=True),
-        click.option('--fsr-mean-image-kimg', help='FSR: --fsr-mean-image is on once this many kimg have been shown '
-                     '(0 = from the start)', type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option('--fsr-mean-image-kimg', help='FSR: --fsr-mean-image is on once this many kimg have been shown: '
+                     'number (every level) or "res:kimg,res:kimg" (levels not named: from the start; 0 = from the '
+                     'start)', type=str, default='0', show_default=True),
         click.option('--fsr-consistency', help='FSR: weight of the pyramid consistency loss of generated level r, '
                      'the squared difference between its 2x downsampling (the --fsr-pyramid-filter) and the level r/2 '
                      'of the same sample, over the real level r/2\'s pixel variance: number (every level with one '

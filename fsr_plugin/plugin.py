@@ -346,8 +346,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                     terms.update(self._contrast_terms(fake_pyr, ctx))
                 if self.image_moment_weights:
                     terms.update(self._image_moment_terms(fake_pyr, ctx))
-                if self.mean_image_weights and ctx.get('cur_nimg', 0) >= cfg.mean_image_kimg * 1000:
-                    terms.update(self._mean_image_terms(fake_pyr, ctx))
+                mean_image_weights = self.mean_image_weights_at(ctx.get('cur_nimg', 0))
+                if mean_image_weights:
+                    terms.update(self._mean_image_terms(fake_pyr, ctx, mean_image_weights))
                 if self.consistency_weights:
                     terms.update(self._consistency_terms(fake_pyr, ctx))
                 if self.pairs is not None:
@@ -505,11 +506,18 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                                                            unbiased=self.cfg.moments_unbiased)
         return _report_level_terms('image_moments', losses, ('image_mean', 'image_cov'))
 
-    def _mean_image_terms(self, fake_pyr, ctx):
+    def mean_image_weights_at(self, cur_nimg):
+        """{res: weight} of the mean-image loss after cur_nimg training images: the --fsr-mean-image levels whose
+        start (--fsr-mean-image-kimg: one number, or per level with unnamed levels from 0) has been reached."""
+        start = self.cfg.mean_image_kimg
+        return {r: w for r, w in self.mean_image_weights.items()
+                if cur_nimg >= (start.get(r, 0.0) if isinstance(start, dict) else start) * 1000}
+
+    def _mean_image_terms(self, fake_pyr, ctx, weights):
         """--fsr-mean-image: {'mean_image': sum over levels of weight * the batch mean images' mismatch} for the G
         phase (from --fsr-mean-image-kimg on); logs FSR/mean_image_r<r> (unweighted)."""
         real_pyr = self._real_levels_like(fake_pyr, ctx)
-        losses = patch_moment_loss.level_mean_image_losses(fake_pyr, real_pyr, self.mean_image_weights,
+        losses = patch_moment_loss.level_mean_image_losses(fake_pyr, real_pyr, weights,
                                                            unbiased=self.cfg.moments_unbiased)
         return _report_level_terms('mean_image', losses, ('mean_image',))
 
@@ -685,6 +693,16 @@ def _check_level_loss_options(cfg, resolution):
                                'weights replace --fsr-moments')
     if cfg.moments_late_kimg > 0 and not any(w > 0 for w in late.values()):
         raise click.UsageError('--fsr-moments-late-kimg: give the weights that start then with --fsr-moments-late')
+    starts = cfg.mean_image_kimg if isinstance(cfg.mean_image_kimg, dict) else {None: cfg.mean_image_kimg}
+    weights = cfg.mean_image_weight if isinstance(cfg.mean_image_weight, dict) else None
+    for r, k in starts.items():
+        if k < 0:
+            raise click.UsageError(f'--fsr-mean-image-kimg: must be >= 0, got {k}')
+        if r is not None and (r < 4 or r > resolution or r & (r - 1)):
+            raise click.UsageError(f'--fsr-mean-image-kimg: {r} is not a synthesis resolution of this '
+                                   f'{resolution}x{resolution} generator')
+        if r is not None and weights is not None and weights.get(r, 0) <= 0:
+            raise click.UsageError(f'--fsr-mean-image-kimg: level {r} has no --fsr-mean-image weight')
     if cfg.moments_avg_kimg > 0 and not any(w > 0 for weight in (cfg.moments_weight, cfg.moments_late_weight)
                                             for w in (weight.values() if isinstance(weight, dict) else [weight])):
         raise click.UsageError('--fsr-moments-avg: it changes the patch-moment loss, which is off; give its weights '

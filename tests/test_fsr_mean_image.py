@@ -112,9 +112,24 @@ def test_fsr_mean_image_trains_reports_and_cli(tmp_path, one_thread):
         return sum(row['FSR/mean_image_r16']['num'] for row in rows if 'FSR/mean_image_r16' in row)
 
     assert steps_with_term('run') == 4 and steps_with_term('late') == 2
-    res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=16:5',
-                                                                         '--fsr-mean-image-kimg=80'], tmp_path)
+    # Per level: 8x8 from the start, 16x16 from 24 images (the last of four steps of 8).
+    per_level = make_plugin(dict(fsr=True, fsr_pair=False, fsr_mean_image='8:2,16:3', fsr_mean_image_kimg='16:0.024'),
+                            dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
+    assert per_level.cfg.mean_image_kimg == {16: 0.024}
+    os.makedirs(tmp_path / 'per_level')
+    training_loop.training_loop(**loop_kwargs(tmp_path / 'per_level', 0.032, plugins=[per_level]))
+    rows = [json.loads(line) for line in (tmp_path / 'per_level' / 'stats.jsonl').read_text().splitlines()]
+    assert [sum(row[f'FSR/mean_image_r{r}']['num'] for row in rows if f'FSR/mean_image_r{r}' in row)
+            for r in (8, 16)] == [4, 1]
+    assert per_level.mean_image_weights_at(23) == {8: 2.0} and per_level.mean_image_weights_at(24) == {8: 2.0, 16: 3.0}
+    res = run_train(['--outdir', str(tmp_path / 'cli'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=8:1,16:5',
+                                                                         '--fsr-mean-image-kimg=8:104,16:80'], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert '"fsr_mean_image": "16:5"' in res.stdout and '"fsr_mean_image_kimg": 80.0' in res.stdout
+    assert '"fsr_mean_image": "8:1,16:5"' in res.stdout and '"fsr_mean_image_kimg": "8:104,16:80"' in res.stdout
+    for extra, message in ((['--fsr-mean-image=16:5', '--fsr-mean-image-kimg=8:10'], 'level 8 has no --fsr-mean-'),
+                           (['--fsr-mean-image=16:5', '--fsr-mean-image-kimg=64:10'], '64 is not a synthesis res'),
+                           (['--fsr-mean-image=16:5', '--fsr-mean-image-kimg=16:-1'], 'must be >= 0')):
+        res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1'] + extra, tmp_path)
+        assert res.returncode != 0 and message in res.stderr, (extra, res.stderr[-2000:])
     res = run_train(['--outdir', str(tmp_path / 'bad'), '-n'] + TINY + ['--fsr=1', '--fsr-mean-image=-1'], tmp_path)
     assert res.returncode != 0 and 'weights must be >= 0' in res.stderr, res.stderr[-2000:]
