@@ -668,6 +668,15 @@ def _level_weights(weight, resolutions):
     return {r: float(weight) for r in resolutions} if weight > 0 else {}
 
 
+def _check_level_value(flag, r, value, resolution, what='weights'):
+    """Refuse a negative per-level value, or a level r (None: every level) that is not a synthesis resolution."""
+    if value < 0:
+        raise click.UsageError(f'{flag}: {what} must be >= 0, got {value}')
+    if r is not None and (r < 4 or r > resolution or r & (r - 1)):
+        raise click.UsageError(f'{flag}: {r} is not a synthesis resolution of this {resolution}x{resolution} '
+                               f'generator')
+
+
 def _check_level_loss_options(cfg, resolution):
     checks = (('--fsr-swd', cfg.swd_weight, cfg.swd_patch, '--fsr-swd-patch'),
               ('--fsr-swd-image', cfg.swd_image_weight, 1, None),
@@ -680,11 +689,7 @@ def _check_level_loss_options(cfg, resolution):
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
-            if w < 0:
-                raise click.UsageError(f'{flag}: weights must be >= 0, got {w}')
-            if r is not None and (r < 4 or r > resolution or r & (r - 1)):
-                raise click.UsageError(f'{flag}: {r} is not a synthesis resolution of this {resolution}x{resolution} '
-                                       f'generator')
+            _check_level_value(flag, r, w, resolution)
             if r is not None and w > 0 and r < patch:
                 raise click.UsageError(f'{flag}: level {r} is smaller than the patch ({patch_flag}={patch})')
     late = cfg.moments_late_weight if isinstance(cfg.moments_late_weight, dict) else {None: cfg.moments_late_weight}
@@ -696,11 +701,7 @@ def _check_level_loss_options(cfg, resolution):
     starts = cfg.mean_image_kimg if isinstance(cfg.mean_image_kimg, dict) else {None: cfg.mean_image_kimg}
     weights = cfg.mean_image_weight if isinstance(cfg.mean_image_weight, dict) else None
     for r, k in starts.items():
-        if k < 0:
-            raise click.UsageError(f'--fsr-mean-image-kimg: must be >= 0, got {k}')
-        if r is not None and (r < 4 or r > resolution or r & (r - 1)):
-            raise click.UsageError(f'--fsr-mean-image-kimg: {r} is not a synthesis resolution of this '
-                                   f'{resolution}x{resolution} generator')
+        _check_level_value('--fsr-mean-image-kimg', r, k, resolution, what='starts')
         if r is not None and weights is not None and weights.get(r, 0) <= 0:
             raise click.UsageError(f'--fsr-mean-image-kimg: level {r} has no --fsr-mean-image weight')
     if cfg.moments_avg_kimg > 0 and not any(w > 0 for weight in (cfg.moments_weight, cfg.moments_late_weight)
