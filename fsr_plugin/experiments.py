@@ -320,11 +320,15 @@ def common_header(report, params, commands, notes=()):
         report.text(note)
 
 
+def _draws_note(sizes):
+    if sizes.moment_draws == 1:
+        return ''
+    return f', gaps and floors the means of {sizes.moment_draws} independent draws'
+
+
 def eval_note(sizes, device):
     return (f'Evaluation (one setting for every arm): fsr_* metrics of the host registry with {sizes.images} images '
-            f'per sample (moment gaps: reference, floor and generated samples'
-            f'{f", gaps and floors the means of {sizes.moment_draws} independent draws" if sizes.moment_draws > 1 else ""}'
-            f'; SWD: per side), '
+            f'per sample (moment gaps: reference, floor and generated samples{_draws_note(sizes)}; SWD: per side), '
             f'{sizes.sparsity_images} generated images for sparsity (tau {sizes.sparsity_tau:g}, patch '
             f'{sizes.sparsity_patch}), latent seed {sizes.seed}, device {device}. Spread cells: mean ± std (ddof 0) '
             f'(min–max, n) over seeds. Per-resolution outputs are the FSR heads (EMA) where the run has them, else '

@@ -45,13 +45,14 @@ class RunningMoments:
         """The factor that the averages' old content keeps after a batch of num_images images."""
         return 0.5 ** (float(num_images) / self.half_life_images)
 
-    def update(self, r, rows_fake, rows_real, num_images):
+    def update(self, r, rows_fake, rows_real, num_images, fake_moments=None):
         """Fold one batch's patch rows fake [P, D] and real [Q, D] of level r into the averages (no gradient).
-        Returns the level's averages {'mean_fake', 'cov_fake', 'mean_real', 'cov_real'} after the update."""
+        fake_moments: (mean, covariance) of rows_fake when the caller has them already. Returns the level's
+        averages {'mean_fake', 'cov_fake', 'mean_real', 'cov_real'} after the update."""
         beta = self.decay(num_images)
-        m_f, c_f = patch_mean_cov(rows_fake.detach())
+        m_f, c_f = patch_mean_cov(rows_fake) if fake_moments is None else fake_moments
         m_r, c_r = patch_mean_cov(rows_real.detach().to(rows_fake.dtype))
-        batch = dict(mean_fake=m_f, cov_fake=c_f, mean_real=m_r, cov_real=c_r)
+        batch = dict(mean_fake=m_f.detach(), cov_fake=c_f.detach(), mean_real=m_r, cov_real=c_r)
         state = self.levels.get(r)
         if state is None or state['mean_fake'].shape != m_f.shape:
             state = dict(weight=0.0, **{k: torch.zeros_like(v) for k, v in batch.items()})
@@ -69,14 +70,14 @@ class RunningMoments:
         Returns {r: (weighted loss, unweighted running mean term, unweighted running covariance term)}."""
         out = {}
         for r, w, rows_fake, rows_real in level_patch_rows(fake_pyramid, real_pyramid, weights, patch_size, pairs):
-            avg = self.update(r, rows_fake, rows_real, num_images)
+            m_f, c_f = patch_mean_cov(rows_fake)  # once: folded in detached, and the gradient's path
+            avg = self.update(r, rows_fake, rows_real, num_images, fake_moments=(m_f, c_f))
             diff_mean = avg['mean_fake'] - avg['mean_real']
             diff_cov = avg['cov_fake'] - avg['cov_real']
             spread = torch.diagonal(avg['cov_real']).sum().clamp_min(eps)
             size = avg['cov_real'].square().sum().clamp_min(eps)
             mean_term = diff_mean.square().sum() / spread
             cov_term = diff_cov.square().sum() / size
-            m_f, c_f = patch_mean_cov(rows_fake)
             # Value: the running mismatch; gradient: 2 <difference, d(batch moment)> over the normaliser.
             pull = 2 * ((diff_mean.to(m_f.dtype) * (m_f - m_f.detach())).sum() / spread +
                         (diff_cov.to(c_f.dtype) * (c_f - c_f.detach())).sum() / size)
