@@ -17,6 +17,7 @@ torchrun (WORLD_SIZE set in the environment) each process is one rank and --gpus
 import copy
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -95,6 +96,25 @@ def _parse_ema_rampup(text):
     if value is None or not value > 0:
         raise UserError(f'--ema-rampup={text!r}: expected a positive number or "none"')
     return value
+
+
+def _parse_lr_steps(text):
+    """--lr-steps 'kimg:factor,...' -> [[kimg, factor], ...] sorted by kimg (kimg >= 0, factor > 0, each kimg once)."""
+    steps = {}
+    for part in _parse_comma_list(text):
+        kimg, sep, factor = part.partition(':')
+        try:
+            kimg, factor = float(kimg), float(factor)
+        except ValueError:
+            kimg = factor = None
+        if not sep or kimg is None or not kimg >= 0 or not factor > 0 or not math.isfinite(kimg * factor):
+            raise UserError(f'--lr-steps: {part!r} is not kimg:factor with kimg >= 0 and factor > 0')
+        if kimg in steps:
+            raise UserError(f'--lr-steps: kimg {kimg:g} is given twice')
+        steps[kimg] = factor
+    if not steps:
+        raise UserError(f'--lr-steps={text!r}: expected kimg:factor pairs, e.g. 100:0.3,120:0.1')
+    return [[kimg, steps[kimg]] for kimg in sorted(steps)]
 
 
 def _parse_comma_list(s):
@@ -333,6 +353,8 @@ def setup_training_options(opts):
         desc += '-resumecustom'
     if opts.ema_rampup is not None:
         args.ema_rampup = _parse_ema_rampup(opts.ema_rampup)
+    if opts.lr_steps is not None:
+        args.lr_steps = _parse_lr_steps(opts.lr_steps)
     if opts.freezed:
         args.D_kwargs.block_kwargs.freeze_layers = opts.freezed
         desc += f'-freezed{opts.freezed}'
@@ -528,6 +550,9 @@ def _plugin_options(f):
 @click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
 @click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
               default=True, show_default=True)
+@click.option('--lr-steps', help='Learning-rate steps: from each kimg on, every G and D learning rate (plugins\' '
+              'multipliers included) times its factor, e.g. 100:0.3,120:0.1 (factors are not cumulative)',
+              metavar='KIMG:FACTOR,...')
 @click.option('--ema-kimg', help='G_ema half-life in kimg', type=float)
 @click.option('--ema-rampup', help='G_ema half-life ramp: at most this fraction of the images shown so far '
               '("none": --ema-kimg from the start; default: the --cfg preset\'s)', type=str)

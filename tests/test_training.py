@@ -763,3 +763,65 @@ def test_frozen_blocks_get_no_gradient_and_do_not_change(tmp_path, one_thread):
 def test_multiplier_must_be_uniform_within_a_block(tmp_path, one_thread):
     with pytest.raises(ValueError, match="differ within block 'synthesis.b4'"):
         training_loop.training_loop(**loop_kwargs(tmp_path, 0.032, plugins=[FreezingPlugin(bad=True)]))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Learning-rate steps (--lr-steps).
+
+def test_lr_step_factor_is_the_last_step_reached():
+    steps = [(0.1, 0.3), (0.05, 0.5), (0.2, 0.1)]  # any order; factors absolute, not cumulative
+    assert [training_loop.lr_step_factor(steps, n) for n in (0, 49, 50, 99, 100, 199, 200, 10**6)] == \
+        [1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.1, 0.1]
+    assert training_loop.lr_step_factor(None, 500) == training_loop.lr_step_factor([], 0) == 1.0
+
+
+def test_lr_step_from_the_start_equals_a_smaller_learning_rate_bitwise(tmp_path, one_thread, capsys):
+    # x0.25 is exact in binary, so base lr 0.002 with a step to 0.25 at kimg 0 is lr 0.0005 to the last bit.
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    a.mkdir(), b.mkdir()
+    small = dict(class_name='torch.optim.Adam', lr=0.0005, betas=[0.0, 0.99], eps=1e-8)
+    ra = training_loop.training_loop(**loop_kwargs(a, 0.064, G_opt_kwargs=small, D_opt_kwargs=dict(small)))
+    rb = training_loop.training_loop(**loop_kwargs(b, 0.064, lr_steps=[[0, 0.25]]))
+    for key in ('G', 'D', 'G_ema'):
+        assert params_equal(ra[key], rb[key]), key
+    assert 'Learning rates x 0.25 from kimg 0.0' in capsys.readouterr().out
+
+
+def test_lr_step_mid_run_changes_training_and_resumes_exactly(tmp_path, one_thread):
+    a, b, c = tmp_path / 'a', tmp_path / 'b', tmp_path / 'c'
+    for d in (a, b, c):
+        d.mkdir()
+    steps = [[0.064, 0.1]]
+    ra = training_loop.training_loop(**loop_kwargs(a, 0.096, lr_steps=steps, ada_target=-1.0))
+    rc = training_loop.training_loop(**loop_kwargs(c, 0.096, ada_target=-1.0))
+    assert not params_equal(ra['G'], rc['G'])  # the step took effect
+    # Stopped before the step, continued across it: the same run to the last bit.
+    training_loop.training_loop(**loop_kwargs(b, 0.048, lr_steps=steps, ada_target=-1.0))
+    snap = str(b / 'network-snapshot-000000.pkl')
+    rb = training_loop.training_loop(**loop_kwargs(b, 0.096, resume_snapshot=snap, lr_steps=steps, ada_target=-1.0))
+    for key in ('G', 'D', 'G_ema'):
+        assert params_equal(ra[key], rb[key]), key
+    with open(b / 'network-snapshot-000000.pkl', 'rb') as f:
+        groups = pickle.load(f)['resume_state']['opt_states']['G']['param_groups']
+    assert all(g['lr'] == pytest.approx(0.1 * g['base_lr']) for g in groups)
+    # Resuming that snapshot without the steps goes back to the base rates (the loaded lr is not kept).
+    d = tmp_path / 'd'
+    d.mkdir()
+    rd = training_loop.training_loop(**loop_kwargs(d, 0.128, resume_snapshot=snap, ada_target=-1.0))
+    assert rd['cur_nimg'] == 128
+
+
+def test_train_cli_lr_steps(tmp_path):
+    res = run_train(['--outdir', str(tmp_path), '-n'] + TINY + ['--lr-steps=120:0.1, 100:0.3'], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert opts['lr_steps'] == [[100.0, 0.3], [120.0, 0.1]]
+    res = run_train(['--outdir', str(tmp_path), '-n'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert 'lr_steps' not in opts  # not given: not recorded, the run as before
+    for bad, msg in (('100:0', "'100:0' is not kimg:factor"), ('-1:0.5', "'-1:0.5' is not kimg:factor"),
+                     ('100', "'100' is not kimg:factor"), ('1:0.5,1:0.2', 'kimg 1 is given twice'),
+                     (',', 'expected kimg:factor pairs')):
+        res = run_train(['--outdir', str(tmp_path), f'--lr-steps={bad}'] + TINY, tmp_path)
+        assert res.returncode == 1 and msg in res.stderr, (bad, res.stderr[-2000:])
+    assert not os.listdir(tmp_path)

@@ -137,8 +137,19 @@ def _block_param_groups(module, prefix, lr):
     return [dict(params=params, lr=lr, base_lr=lr, block=prefix + key) for key, params in groups.items()]
 
 
-def _apply_lr_multipliers(phases, side, multipliers):
-    """Set each block group's lr to base_lr x multiplier; remember the frozen (multiplier 0) parameters."""
+def lr_step_factor(lr_steps, cur_nimg):
+    """The learning-rate factor of a step schedule at cur_nimg images: the factor of the last (kimg, factor) in
+    lr_steps with kimg * 1000 <= cur_nimg, 1.0 before the first. Factors are absolute, not cumulative."""
+    factor = 1.0
+    for kimg, step_factor in sorted(lr_steps or (), key=lambda step: float(step[0])):
+        if float(kimg) * 1000 <= cur_nimg:
+            factor = float(step_factor)
+    return factor
+
+
+def _apply_lr_multipliers(phases, side, multipliers, factor=1.0):
+    """Set each block group's lr to base_lr x multiplier x factor (the --lr-steps factor); remember the frozen
+    (multiplier 0) parameters."""
     side_phases = [phase for phase in phases if phase.name.startswith(side)]
     opt = side_phases[0].opt
     frozen = []
@@ -147,7 +158,7 @@ def _apply_lr_multipliers(phases, side, multipliers):
         if len(mults) != 1:
             raise ValueError(f'learning-rate multipliers differ within block {group["block"]!r}: {sorted(mults)}')
         mult = mults.pop()
-        group['lr'] = group['base_lr'] * mult
+        group['lr'] = group['base_lr'] * mult * factor
         if mult == 0:
             frozen += group['params']
     for phase in side_phases:
@@ -195,6 +206,7 @@ def training_loop(
     abort_fn                = None,     # Callback that determines whether to abort training.
     progress_fn             = None,     # Callback function for updating training progress.
     max_grid_cells          = None,     # Optional (gw, gh) cap on the image grids (small runs).
+    lr_steps                = None,     # [(kimg, factor), ...]: from kimg on, every learning rate x factor.
 ):
     # Initialize.
     start_time = time.time()
@@ -433,12 +445,15 @@ def training_loop(
     if progress_fn is not None:
         progress_fn(0, total_kimg)
 
+    lr_factor = 1.0  # The --lr-steps factor in force.
+
     def update_lr_multipliers(stage):
-        if not hooks:
-            return
+        """Every group's lr from its base_lr, the plugins' multipliers and the step factor (also after a resume,
+        whose loaded optimiser states carry the lr of the run they came from)."""
         for side, module in [('G', G), ('D', D)]:
             side_modules = {name: em.module for name, em in extras.items() if em.side == side}
-            _apply_lr_multipliers(phases, side, hooks.param_lr_multipliers(side, module, side_modules, stage))
+            mults = hooks.param_lr_multipliers(side, module, side_modules, stage) if hooks else {}
+            _apply_lr_multipliers(phases, side, mults, lr_factor)
 
     if schedule is None:
         update_lr_multipliers(None)
@@ -459,6 +474,12 @@ def training_loop(
             loss.resolution = stage.resolution if stage.resolution != training_set.resolution else None
             loss.fade_alpha = stage.alpha
             current_stage = stage
+
+        # Learning-rate steps (--lr-steps): a function of cur_nimg alone, so a resumed run lands on the same factor.
+        if lr_steps and lr_step_factor(lr_steps, cur_nimg) != lr_factor:
+            lr_factor = lr_step_factor(lr_steps, cur_nimg)
+            log(f'Learning rates x {lr_factor:g} from kimg {cur_nimg / 1000:.1f}')
+            update_lr_multipliers(current_stage)
 
         # Fetch training data.
         with torch.autograd.profiler.record_function('data_fetch'):
