@@ -809,6 +809,9 @@ def test_lr_step_mid_run_changes_training_and_resumes_exactly(tmp_path, one_thre
     d.mkdir()
     rd = training_loop.training_loop(**loop_kwargs(d, 0.128, resume_snapshot=snap, ada_target=-1.0))
     assert rd['cur_nimg'] == 128
+    with open(d / 'network-snapshot-000000.pkl', 'rb') as f:
+        groups = pickle.load(f)['resume_state']['opt_states']['G']['param_groups']
+    assert all(g['lr'] == g['base_lr'] for g in groups)
 
 
 def test_train_cli_lr_steps(tmp_path):
