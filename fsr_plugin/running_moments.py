@@ -50,7 +50,7 @@ class RunningMoments:
         fake_moments: (mean, covariance) of rows_fake when the caller has them already. Returns the level's
         averages {'mean_fake', 'cov_fake', 'mean_real', 'cov_real'} after the update."""
         beta = self.decay(num_images)
-        m_f, c_f = patch_mean_cov(rows_fake) if fake_moments is None else fake_moments
+        m_f, c_f = patch_mean_cov(rows_fake.detach()) if fake_moments is None else fake_moments
         m_r, c_r = patch_mean_cov(rows_real.detach().to(rows_fake.dtype))
         batch = dict(mean_fake=m_f.detach(), cov_fake=c_f.detach(), mean_real=m_r, cov_real=c_r)
         state = self.levels.get(r)
