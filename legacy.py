@@ -216,12 +216,13 @@ def _check_known_kwargs(kwargs, known, what, source_name):
         raise NetworkFileError(f'{source_name}: cannot rebuild the {what}: unsupported option(s) {unknown}')
 
 
-def copy_all_tensors(src, dst, source_name='<network>', what='module'):
+def copy_all_tensors(src, dst, source_name='<network>', what='module', allow_missing=False):
     """Copy every parameter and buffer of src into dst (matched by name). Raises NetworkFileError naming every
-    missing, unused or shape-mismatched tensor instead of copying partially."""
+    missing, unused or shape-mismatched tensor instead of copying partially. allow_missing=True: dst tensors that src
+    lacks keep their values (report.missing names them); unused and mismatched tensors still raise."""
     report = misc.match_params_and_buffers(src, dst)
     problems = []
-    if report.missing:
+    if report.missing and not allow_missing:
         problems.append(f'missing in source: {", ".join(report.missing)}')
     if report.unused:
         problems.append(f'not used by destination: {", ".join(report.unused)}')
@@ -230,7 +231,7 @@ def copy_all_tensors(src, dst, source_name='<network>', what='module'):
                                                        for name, a, b in report.shape_mismatch))
     if problems:
         raise NetworkFileError(f'{source_name}: cannot copy the {what} tensor by tensor; ' + '; '.join(problems))
-    misc.copy_params_and_buffers(src, dst, require_all=True)
+    misc.copy_params_and_buffers(src, dst, require_all=not allow_missing)
     return report
 
 

@@ -56,7 +56,8 @@ def level_gains(fake_pyramid, real_pyramid, patch_size=3):
 def apply_gain(head, gain, mean):
     """Make `head` (fsr_plugin.heads.OutputHead) paint m + gain (x - m) where it painted x, m = mean [C] (its
     outputs' per-channel mean): the gain goes into the learned gain (log_gain) or, without unit-norm atoms, into the
-    weight; the bias becomes gain * bias + (1 - gain) * m. Residual heads and heads without a bias are refused."""
+    weight; the bias becomes gain * bias + (1 - gain) * m and a per-position offset (--fsr-head-offset) gain * offset.
+    Residual heads and heads without a bias are refused."""
     gain = float(gain)
     if not gain > 0:
         raise ValueError(f'apply_gain: the gain must be > 0, got {gain}')
@@ -72,6 +73,8 @@ def apply_gain(head, gain, mean):
         raise ValueError('apply_gain: unit-norm atoms without a learned gain (--fsr-head-gain=0) cannot carry a gain')
     mean = torch.as_tensor(mean, dtype=head.bias.dtype, device=head.bias.device).reshape(head.bias.shape)
     head.bias.copy_(gain * head.bias + (1 - gain) * mean)
+    if getattr(head, 'offset', None) is not None:
+        head.offset.mul_(gain)
 
 
 def calibrate_snapshot_heads(snapshot, num=512, seed=1, patch_size=3, dataset_kwargs=None):

@@ -22,6 +22,13 @@ Effective atoms:
   winner-take-all: there it starts at the equalised-lr scale 1 / sqrt(C * k * k) of a plain head, because a dense
   code sums many unit atoms at every pixel (at 1 such a head starts 20-100x above the contrast of the synthetic
   teacher's 4-16 px levels).
+* offset_gain=g > 0 (`--fsr-head-offset`): the head also adds a learned per-position colour offset g * offset
+  [img_channels, r, r], the same for every image (starts at 0, so the head starts painting what it painted without
+  it). The atoms paint stationary images; with zero padding a k x k atom at the border paints only part of itself,
+  so a level's mean image can carry a fixed frame that the hidden features can undo only through the weak position
+  cue of the generator's own padding (docs/RESULTS.md section 24). The offset paints such a fixed pattern directly.
+  g scales its learning rate as the equalised learning rate does: Adam moves the stored offset by about the head's
+  learning rate per step, the painted one by g times that.
 
 Initialisation (`init_from_generator`):
 * 'torgb': the 1x1 map of G.synthesis.b<r>.torgb with its style modulation removed, i.e. effective weight
@@ -63,7 +70,8 @@ class OutputHead(torch.nn.Module):
     """One resolution's head: S [N, in_channels, r, r] -> X [N, img_channels, r, r] (float32)."""
 
     def __init__(self, in_channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True, residual=False,
-                 eps=1e-8, wta=0, gain=False, wta_jitter=0.0, wta_straight_through=0.0, wta_min=0.0):
+                 eps=1e-8, wta=0, gain=False, wta_jitter=0.0, wta_straight_through=0.0, wta_min=0.0,
+                 resolution=None, offset_gain=0.0):
         super().__init__()
         for name, value in (('in_channels', in_channels), ('img_channels', img_channels),
                             ('kernel_size', kernel_size)):
@@ -95,6 +103,20 @@ class OutputHead(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([img_channels])) if bias else None
         start = np.log(self.weight_gain) if (self.unit_norm_atoms and not wta) else 0.0
         self.log_gain = torch.nn.Parameter(torch.full([], float(start))) if gain else None
+        if not float(offset_gain) >= 0:
+            raise ValueError(f'OutputHead: offset_gain must be >= 0, got {offset_gain!r}')
+        self.offset_gain = float(offset_gain)
+        self.offset = None
+        if self.offset_gain > 0:
+            if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+                raise ValueError(f'OutputHead: a per-position offset needs the resolution (an int >= 1), got '
+                                 f'{resolution!r}')
+            self.offset = torch.nn.Parameter(torch.zeros([img_channels, resolution, resolution]))
+
+    def effective_offset(self):
+        """The per-position offset the head adds: [img_channels, r, r] float32, or None without one."""
+        offset = getattr(self, 'offset', None)
+        return None if offset is None else offset * self.offset_gain
 
     def effective_weight(self):
         """Convolution weight actually applied: [img_channels, in_channels, k, k] (float32)."""
@@ -134,6 +156,12 @@ class OutputHead(torch.nn.Module):
         x = conv2d_resample.conv2d_resample(x=s, w=self.effective_weight().to(s.dtype), padding=self.padding,
                                             flip_weight=False)
         x = bias_act.bias_act(x, self.bias)
+        offset = self.effective_offset()
+        if offset is not None:
+            if offset.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f'OutputHead: features are {list(s.shape[-2:])}, the per-position offset is '
+                                 f'{list(offset.shape[-2:])}')
+            x = x + offset.to(x.dtype)
         if self.residual:
             if img is None:
                 raise ValueError('OutputHead: a residual head needs the generator image (img=...)')
@@ -145,7 +173,8 @@ class OutputHead(torch.nn.Module):
     def extra_repr(self):
         return (f'in_channels={self.in_channels}, img_channels={self.img_channels}, kernel_size={self.kernel_size}, '
                 f'unit_norm_atoms={self.unit_norm_atoms}, residual={self.residual}, wta={self.wta}, '
-                f'gain={self.log_gain is not None}, wta_min={getattr(self, "wta_min", 0.0)}')
+                f'gain={self.log_gain is not None}, wta_min={getattr(self, "wta_min", 0.0)}, '
+                f'offset_gain={getattr(self, "offset_gain", 0.0)}')
 
 
 @persistence.persistent_class
@@ -161,11 +190,12 @@ class OutputHeads(torch.nn.Module):
     top head's suppression compares jittered winning values (fsr_plugin.wta; a random draw on every call).
     top_wta_straight_through: the top head's losers get this share of their gradient (fsr_plugin.wta).
     top_wta_min: the top head keeps only winners whose feature value exceeds this (fsr_plugin.wta).
+    offset_gains: {resolution: g > 0} of the heads that add a learned per-position offset (OutputHead offset_gain).
     """
 
     def __init__(self, channels, img_channels, kernel_size=1, unit_norm_atoms=False, bias=True,
                  residual_final=False, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0,
-                 top_wta_min=0.0):
+                 top_wta_min=0.0, offset_gains=None):
         super().__init__()
         if not isinstance(channels, dict) or not channels:
             raise ValueError(f'OutputHeads: channels must be a non-empty dict {{resolution: channels}}, '
@@ -178,6 +208,11 @@ class OutputHeads(torch.nn.Module):
         self.kernel_size = int(kernel_size)
         self.residual_final = bool(residual_final)
         self.top_wta = int(top_wta)
+        offset_gains = dict(offset_gains or {})
+        for r in offset_gains:
+            if r not in channels:
+                raise ValueError(f'OutputHeads: offset gain for resolution {r!r}, which has no head; heads: '
+                                 f'{self.resolutions}')
         for r in self.resolutions:
             top = r == self.resolutions[-1]
             head = OutputHead(int(channels[r]), self.img_channels, kernel_size=self.kernel_size,
@@ -185,13 +220,14 @@ class OutputHeads(torch.nn.Module):
                               wta=self.top_wta if top else 0, gain=head_gain,
                               wta_jitter=float(top_wta_jitter) if top else 0.0,
                               wta_straight_through=float(top_wta_straight_through) if top else 0.0,
-                              wta_min=float(top_wta_min) if top else 0.0)
+                              wta_min=float(top_wta_min) if top else 0.0,
+                              resolution=r, offset_gain=float(offset_gains.get(r, 0.0)))
             setattr(self, f'h{r}', head)
 
     @classmethod
     def for_generator(cls, G, kernel_size=1, unit_norm_atoms=False, bias=True, init='random', style='unit',
                       resolutions=None, top_wta=0, head_gain=False, top_wta_jitter=0.0, top_wta_straight_through=0.0,
-                      top_wta_min=0.0):
+                      top_wta_min=0.0, offset_gains=None):
         """Heads matching G's synthesis blocks (all of them, or the given `resolutions`), initialised with `init`
         ('random', 'torgb' or 'identity'; 'identity' makes the final head residual)."""
         if init not in HEAD_INITS:
@@ -206,7 +242,7 @@ class OutputHeads(torch.nn.Module):
         heads = cls(channels, int(synthesis.img_channels), kernel_size=kernel_size, unit_norm_atoms=unit_norm_atoms,
                     bias=bias, residual_final=(init == 'identity'), top_wta=top_wta, head_gain=head_gain,
                     top_wta_jitter=top_wta_jitter, top_wta_straight_through=top_wta_straight_through,
-                    top_wta_min=top_wta_min)
+                    top_wta_min=top_wta_min, offset_gains=offset_gains)
         if init != 'random':
             heads.init_from_generator(G, mode=init, style=style)
         return heads

@@ -97,7 +97,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.heads = OutputHeads.for_generator(G, kernel_size=cfg.head_kernel, unit_norm_atoms=cfg.unit_atoms,
                                                init=cfg.head_init, style=cfg.head_style, top_wta=cfg.top_wta,
                                                head_gain=cfg.head_gain, top_wta_jitter=cfg.top_wta_jitter,
-                                               top_wta_straight_through=cfg.top_wta_st, top_wta_min=cfg.top_wta_min)
+                                               top_wta_straight_through=cfg.top_wta_st, top_wta_min=cfg.top_wta_min,
+                                               offset_gains=_level_weights(cfg.head_offset,
+                                                                           list(G.synthesis.block_resolutions)))
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -686,6 +688,9 @@ def _check_level_loss_options(cfg, resolution):
               ('--fsr-image-moments', cfg.image_moments_weight, 1, None),
               ('--fsr-mean-image', cfg.mean_image_weight, 1, None),
               ('--fsr-consistency', cfg.consistency_weight, 1, None))
+    offsets = cfg.head_offset if isinstance(cfg.head_offset, dict) else {None: cfg.head_offset}
+    for r, g in offsets.items():
+        _check_level_value('--fsr-head-offset', r, g, resolution, what='gains')
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():

@@ -290,8 +290,12 @@ def training_loop(
         for name, module in list(extras.items()):
             src_mod = (src.get('extra_modules') or {}).get(name)
             if src_mod is not None:
-                legacy.copy_all_tensors(src_mod, module.module, resume_pkl, name)
-                log(f'  {name}: copied from the pickle')
+                # A plugin option switched on for the fine-tuning run may add tensors the pickle lacks: they keep
+                # the plugin's initialisation, named in the log.
+                report = legacy.copy_all_tensors(src_mod, module.module, resume_pkl, name, allow_missing=True)
+                kept = f'; kept as initialised (not in the pickle): {", ".join(report.missing)}' \
+                    if report.missing else ''
+                log(f'  {name}: copied from the pickle{kept}')
     if resume_data is not None:
         for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
             misc.copy_params_and_buffers(resume_data[name], module, require_all=True)
