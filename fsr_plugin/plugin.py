@@ -425,6 +425,9 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         pyr = self._real_pyramid(real_img, [r for r in self.heads.resolutions if r <= real_img.shape[-1]])
         images = pyr[R][:cfg.atom_recon_images].detach()
         head = self.heads.head(R)
+        offset = head.effective_offset()
+        if offset is not None:
+            images = images - offset.detach()  # it paints conv(codes) + bias + offset (--fsr-head-offset), both fixed here
         atoms = None
         if cfg.atom_recon_used > 0 and R in feats:
             mass = painted_mass(feats[R], head.wta, min_value=getattr(head, 'wta_min', 0.0))  # no jitter: no draws

@@ -187,3 +187,30 @@ def _with_offset_pickle(tmp_path, fsr):
     with open(path, 'wb') as f:
         pickle.dump(data, f)
     return path
+
+
+def test_atom_reconstruction_codes_the_reals_minus_the_top_offset():
+    """--fsr-atom-recon with an offset on the top head: the head paints conv(codes) + bias + offset, so the term
+    sparse-codes the real images minus the offset (as it already removes the bias)."""
+    from fsr_plugin import atom_reconstruction
+    from training import networks
+    torch.manual_seed(3)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=64, channel_max=8))
+    plugin = make_plugin(dict(fsr=True, fsr_pair=False, fsr_head_kernel=3, fsr_head_offset='16:0.5',
+                              fsr_atom_recon=2.0, fsr_atom_recon_images=4, fsr_atom_recon_iters=5),
+                         dict(loss_kwargs=dict(r1_gamma=1.0), training_set_kwargs=dict(resolution=16)))
+    plugin.extra_modules(G, None, None, torch.device('cpu'))
+    head = plugin.heads.head(16)
+    with torch.no_grad():
+        head.offset.normal_()
+    real = torch.randn([6, 3, 16, 16])
+    terms = plugin._atom_recon_terms(dict(real_img=real), {})
+    cfg = plugin.cfg
+    expected, _ = atom_reconstruction.reconstruction_loss(real[:4] - head.effective_offset().detach(),
+                                                          head.effective_weight(), head.bias, head.padding,
+                                                          cfg.atom_recon_lam, iters=cfg.atom_recon_iters)
+    torch.testing.assert_close(terms['atom_recon'], 2.0 * expected)
+    without, _ = atom_reconstruction.reconstruction_loss(real[:4], head.effective_weight(), head.bias, head.padding,
+                                                         cfg.atom_recon_lam, iters=cfg.atom_recon_iters)
+    assert not torch.allclose(terms['atom_recon'], 2.0 * without)
