@@ -215,13 +215,17 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
 
     def _finish_head_init(self, G):
         """Once, before the first training step and after the loop loaded any pretrained weights: initialise the
-        heads from G ('torgb'/'identity') unless they were loaded, and make the EMA heads equal to the heads."""
+        heads from G ('torgb'/'identity') unless they were loaded, and make the EMA heads equal to the heads (unless
+        the pickle gave their own EMA copy: fine-tuning an FSR pickle starts them from its EMA heads, as G_ema)."""
         if self._heads_as_built is None or self.heads is None:
             return
         as_built, self._heads_as_built = self._heads_as_built, None
         if self._heads_restored:
             return
         loaded = not _tensors_equal(self.heads, as_built)
+        if loaded and self.heads_ema is not None and not _tensors_equal(self.heads_ema, as_built):
+            _log('FSR: output heads and their EMA copy loaded with the network')
+            return
         if loaded:
             _log('FSR: output heads loaded with the network; EMA heads start from them')
         elif self.cfg.head_init != 'random':

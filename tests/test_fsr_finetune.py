@@ -312,12 +312,15 @@ def test_finetuning_our_fsr_snapshot_keeps_its_heads(finetune_run, tmp_path, one
     snap_path = os.path.join(run_dir, 'network-snapshot-000001.pkl')
     snap = _load(snap_path)
     probe, _ = _loop_from_run(run_dir, tmp_path, resume_pkl=snap_path)
-    loaded = _tensors(snap['extra_modules']['fsr.heads'])
-    for heads in (probe.start['heads'], probe.start['heads_ema']):
+    # The heads from the pickle's heads, the EMA heads from its EMA heads (as G_ema from its G_ema): the two differ.
+    for key, heads in (('extra_modules', probe.start['heads']), ('extra_modules_ema', probe.start['heads_ema'])):
+        loaded = _tensors(snap[key]['fsr.heads'])
         got = _tensors(heads)
         assert got.keys() == loaded.keys()
         for n in loaded:
-            assert torch.equal(got[n], loaded[n]), n
+            assert torch.equal(got[n], loaded[n]), (key, n)
+    assert not all(torch.equal(a, b) for a, b in zip(_tensors(probe.start['heads']).values(),
+                                                     _tensors(probe.start['heads_ema']).values()))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -160,8 +160,8 @@ def test_fine_tuning_an_fsr_pickle_without_offsets_adds_them_at_zero(tmp_path, o
     capsys.readouterr()
     training_loop.training_loop(**loop_kwargs(tmp_path / 'b', 0.016, plugins=[second, StartProbe()], resume_pkl=pkl,
                                               network_snapshot_ticks=None))
-    assert 'fsr.heads: copied from the pickle; kept as initialised (not in the pickle): h16.offset' in \
-        capsys.readouterr().out
+    assert ("fsr.heads: copied from the pickle (its EMA copy from the pickle's EMA copy); kept as initialised (not "
+            "in the pickle): h16.offset") in capsys.readouterr().out
     assert sorted(set(seen) - set(saved)) == ['h16.offset']
     for n, t in saved.items():
         assert torch.equal(seen[n], t), n

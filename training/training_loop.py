@@ -293,9 +293,16 @@ def training_loop(
                 # A plugin option switched on for the fine-tuning run may add tensors the pickle lacks: they keep
                 # the plugin's initialisation, named in the log.
                 report = legacy.copy_all_tensors(src_mod, module.module, resume_pkl, name, allow_missing=True)
+                # G_ema comes from the pickle's G_ema, so a G-side module's EMA copy comes from the pickle's EMA copy
+                # (the module, not its average, would pair G_ema's features with weights of another kind).
+                src_ema = (src.get('extra_modules_ema') or {}).get(name)
+                ema = ''
+                if name in extras_ema and src_ema is not None:
+                    legacy.copy_all_tensors(src_ema, extras_ema[name], resume_pkl, f'{name} (EMA)', allow_missing=True)
+                    ema = ' (its EMA copy from the pickle\'s EMA copy)'
                 kept = f'; kept as initialised (not in the pickle): {", ".join(report.missing)}' \
                     if report.missing else ''
-                log(f'  {name}: copied from the pickle{kept}')
+                log(f'  {name}: copied from the pickle{ema}{kept}')
     if resume_data is not None:
         for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
             misc.copy_params_and_buffers(resume_data[name], module, require_all=True)
