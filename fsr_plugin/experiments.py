@@ -128,20 +128,28 @@ def eval_metric(run, snapshot_paths, metric, sizes, device, cache=None):
     return records
 
 
-def calibrated_moment_gap(run, snap, sizes):
+def calibrated_moment_gap(run, snap, sizes, mean_images=0):
     """fsr_moment_gap of a copy of `snap` recalibrated by fsr_plugin.ema_calibration (CALIBRATION_IMAGES images,
-    seed 1), appended to <eval_dir>/metric-fsr_moment_gap-calibrated.jsonl, with the gains in
+    seed 1; with mean_images > 0 each level's mean colour moved onto the reals' as well, measured on that many
+    images), appended to <eval_dir>/metric-fsr_moment_gap-calibrated.jsonl, with the gains (and shifts) in
     <eval_dir>/ema-calibration.json. Returns (record, None), or (None, why) when the heads cannot take a gain."""
     calibrated = copy.deepcopy(snap)
     try:
         gains = ema_calibration.calibrate_snapshot_heads(calibrated, num=CALIBRATION_IMAGES, seed=1)
+        shifts = ema_calibration.shift_snapshot_head_means(calibrated, num=mean_images, seed=1) \
+            if mean_images >= 1 else {}
     except ValueError as e:
         return None, str(e)
+    record = dict(gains={str(r): g for r, g in sorted(gains.items())}, images=CALIBRATION_IMAGES, seed=1,
+                  snapshot=snap.path)
+    if shifts:
+        record.update(mean_shifts={str(r): [float(v) for v in s] for r, s in sorted(shifts.items())},
+                      mean_images=int(mean_images))
     with open(os.path.join(run.eval_dir, 'ema-calibration.json'), 'wt') as f:
-        json.dump(dict(gains={str(r): g for r, g in sorted(gains.items())}, images=CALIBRATION_IMAGES, seed=1,
-                       snapshot=snap.path), f, indent=1)
+        json.dump(record, f, indent=1)
     click.echo(f'  {run.name}: fsr_moment_gap after EMA recalibration (gains '
-               + ' '.join(f'r{r}={g:.3f}' for r, g in sorted(gains.items())) + ')')
+               + ' '.join(f'r{r}={g:.3f}' for r, g in sorted(gains.items()))
+               + (f'; level means moved onto the reals\', {mean_images} images' if shifts else '') + ')')
     path = os.path.join(run.eval_dir, 'metric-fsr_moment_gap-calibrated.jsonl')
     return se.append_record(path, se.evaluate(calibrated, 'fsr_moment_gap', sizes), calibrated), None
 
@@ -511,6 +519,9 @@ def _learned_top_atoms(snap):
 @click.option('--ema-calibration', type=bool, default=True, show_default=True,
               help='Also score the final snapshot of each FSR run after fsr_plugin.ema_calibration (one contrast '
                    f'gain per level of the EMA heads, {CALIBRATION_IMAGES} images).')
+@click.option('--calibration-mean-images', type=click.IntRange(min=0), default=0, show_default=True,
+              help='With --ema-calibration: also move each level\'s mean colour onto the reals\', measured on this '
+                   'many generated and real images (0 = off; docs/RESULTS.md section 26).')
 def synthetic(**params):
     """Synthetic FSR teacher: plain host vs FSR joint vs FSR layer-wise at equal kimg."""
     root, sizes = _setup(params, 'synthetic')
@@ -556,7 +567,7 @@ def synthetic(**params):
                                                cache)))
         snap = _load(snaps[-1], params['device'], cache)
         if params['ema_calibration'] and snap.heads is not None:
-            record, note = calibrated_moment_gap(run, snap, sizes)
+            record, note = calibrated_moment_gap(run, snap, sizes, params['calibration_mean_images'])
             if record is not None:
                 calibrated.append((run, [record]))
             else:
@@ -674,7 +685,10 @@ def synthetic(**params):
                  f'images; its real sample is a separate draw, numpy seed 1, from the gap\'s, seed 0), so that each '
                  f'level paints the reals\' total patch variance: G_ema averages weights, and on the synthetic '
                  f'teacher the average paints less contrast than the iterates it averages (docs/RESULTS.md section '
-                 f'18). Gains per run: {calibration_gains_note(calibrated)}.')
+                 f'18). Gains per run: {calibration_gains_note(calibrated)}.'
+                 + (f' Each level\'s mean colour was then moved onto the reals\' (one shift per channel, measured '
+                    f'on {params["calibration_mean_images"]} generated and real images, docs/RESULTS.md section 26).'
+                    if params['calibration_mean_images'] else ''))
         if calibrated:
             rep.table(MOMENT_HEADERS, moment_rows(calibrated, lambda r: r.label))
         for name, note in sorted(calibration_notes.items()):

@@ -76,6 +76,29 @@ def test_apply_gain_refusals():
         cal.apply_gain(heads_lib.OutputHead(4, 3), 0.0, torch.zeros(3))
 
 
+def test_level_mean_shifts_and_apply_mean_shift():
+    gen = torch.Generator().manual_seed(3)
+    real = {8: torch.randn([5, 3, 8, 8], generator=gen) + 0.1, 4: torch.randn([5, 3, 4, 4], generator=gen)}
+    fake = {8: torch.randn([7, 3, 8, 8], generator=gen), 4: torch.randn([7, 3, 4, 4], generator=gen),
+            16: torch.randn([2, 3, 16, 16], generator=gen)}
+    shifts = cal.level_mean_shifts(fake, real)
+    assert set(shifts) == {4, 8}  # 16 has no reals
+    for r in (4, 8):
+        direct = real[r].double().numpy().mean(axis=(0, 2, 3)) - fake[r].double().numpy().mean(axis=(0, 2, 3))
+        np.testing.assert_allclose(shifts[r].numpy(), direct, rtol=1e-12, atol=1e-15)
+    torch.manual_seed(2)
+    head = heads_lib.OutputHead(6, 3, kernel_size=3, unit_norm_atoms=True, gain=True, wta=3, wta_jitter=0.0,
+                                resolution=8, offset_gain=0.5)
+    s = torch.relu(torch.randn([4, 6, 8, 8]))
+    x = head(s).detach()
+    cal.apply_mean_shift(head, torch.tensor([0.25, -0.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(head(s).detach(), x + torch.tensor([0.25, -0.5, 0.0]).reshape(1, 3, 1, 1))
+    with pytest.raises(ValueError, match='expected 3 channel shifts, got 2'):
+        cal.apply_mean_shift(head, torch.zeros(2))
+    with pytest.raises(ValueError, match='no bias'):
+        cal.apply_mean_shift(heads_lib.OutputHead(4, 3, bias=False), torch.zeros(3))
+
+
 @pytest.fixture(scope='module')
 def fsr_snapshot(tmp_path_factory):
     run = tmp_path_factory.mktemp('calib_run')
@@ -100,6 +123,36 @@ def test_calibrate_snapshot_heads_restores_the_reals_total_variance(fsr_snapshot
         assert _patch_total_variance(after[r]) == pytest.approx(_patch_total_variance(real[r]), rel=1e-3)
 
 
+def test_shift_snapshot_head_means_moves_each_level_onto_the_reals(fsr_snapshot):
+    snap = se.Snapshot(fsr_snapshot)
+    cal.calibrate_snapshot_heads(snap, num=32, seed=1)
+    torch.manual_seed(4)
+    before = se.pyramid_images(snap, 48, seed=2000007, noise_mode='random')
+    shifts = cal.shift_snapshot_head_means(snap, num=48, seed=4)
+    assert set(shifts) == {4, 8, 16}
+    torch.manual_seed(4)  # the shift's own sample again: its means now equal the reals'
+    after = se.pyramid_images(snap, 48, seed=2000007, noise_mode='random')
+    real = se.real_pyramid_images(snap.training_set_kwargs, [4, 8, 16], 48, seed=4)
+    for r, shift in shifts.items():
+        torch.testing.assert_close(after[r].double().mean(dim=[0, 2, 3]), real[r].double().mean(dim=[0, 2, 3]),
+                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(after[r] - before[r], shift.float().reshape(1, -1, 1, 1).expand_as(after[r]),
+                                   rtol=0, atol=1e-5)
+    assert max(float(s.abs().max()) for s in shifts.values()) > 1e-3  # a short run's colours are off: a real move
+
+
+def test_pyramid_images_in_batches_equal_one_batch(fsr_snapshot):
+    snap = se.Snapshot(fsr_snapshot)
+    whole = se.pyramid_images(snap, 10, seed=5)
+    parts = se.pyramid_images(snap, 10, seed=5, batch_size=4)  # 4 + 4 + 2, the same latents, constant noise
+    assert sorted(parts) == [4, 8, 16]
+    for r in whole:
+        assert parts[r].shape == (10, 3, r, r)
+        torch.testing.assert_close(parts[r], whole[r], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='batch_size must be >= 1, got 0'):
+        se.pyramid_images(snap, 10, seed=5, batch_size=0)
+
+
 def test_ema_calibration_command_round_trip(fsr_snapshot, tmp_path):
     out = tmp_path / 'calibrated.pkl'
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -122,6 +175,22 @@ def test_ema_calibration_command_round_trip(fsr_snapshot, tmp_path):
     # The calibrated file is a network file like any other: the FSR metrics read it.
     res = se.evaluate(se.Snapshot(str(out)), 'fsr_moment_gap', se.EvalSizes(images=16, sparsity_images=8))
     assert np.isfinite(res.results['fsr_moment_gap2_res16'])
+    # --mean-images: the same gains, and each bias moved by the recorded shift.
+    out2 = tmp_path / 'calibrated_mean.pkl'
+    res = subprocess.run([sys.executable, '-m', 'fsr_plugin.ema_calibration', fsr_snapshot, f'--out={out2}',
+                          '--images=32', '--mean-images=24'], cwd=REPO, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '; mean shifts r4=(' in res.stdout
+    data2 = legacy.load_network(str(out2))
+    record2 = data2['fsr_ema_calibration']
+    assert record2['gains'] == record['gains'] and record2['mean_images'] == 24
+    assert set(record2['mean_shifts']) == {4, 8, 16}
+    heads2 = se.find_heads(data2)[1]
+    for r, shift in record2['mean_shifts'].items():
+        torch.testing.assert_close(heads2.head(r).bias - heads.head(r).bias,
+                                   torch.tensor(shift, dtype=torch.float32).reshape(heads.head(r).bias.shape),
+                                   rtol=0, atol=1e-6)
+    assert 'mean_shifts' not in record
     res = subprocess.run([sys.executable, '-m', 'fsr_plugin.ema_calibration', fsr_snapshot, f'--out={fsr_snapshot}'],
                          cwd=REPO, capture_output=True, text=True, env=env)
     assert res.returncode != 0 and '--out must differ from NETWORK' in res.stderr

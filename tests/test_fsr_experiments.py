@@ -137,6 +137,7 @@ def launched(tmp_path_factory):
     items = {
         'synthetic': _start(['synthetic', f'--outdir={root}/synthetic', f'--data={SYN_DATA}', '--seeds=0',
                              '--jobs=2', '--oracle-steps=10', '--oracle-images=32', '--eval-draws=2',
+                             '--calibration-mean-images=40',
                              '--fsr-args=--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-head-lr=10 '
                              '--fsr-head-gain=1'] + TINY,
                             os.path.join(root, 'synthetic.log')),
@@ -277,9 +278,14 @@ def test_synthetic_recalibrated_moment_table(synthetic_dir):
         assert rec['fsr_moment_floor2_res16'] == pytest.approx(raw['fsr_moment_floor2_res16'])  # same real samples
         assert rec['fsr_moment_gap2_res16'] != raw['fsr_moment_gap2_res16']
         with open(os.path.join(eval_dir, 'ema-calibration.json')) as f:
-            gains = json.load(f)['gains']
+            saved = json.load(f)
+        gains = saved['gains']
         assert sorted(int(r) for r in gains) == [4, 8, 16] and all(float(g) > 0 for g in gains.values())
         assert f'{arm}-seed0 r4 x{float(gains["4"]):.3f}' in section
+        # --calibration-mean-images=40: one shift per level and channel, recorded, and said in the report.
+        assert saved['mean_images'] == 40 and sorted(int(r) for r in saved['mean_shifts']) == [4, 8, 16]
+        assert all(len(v) == 3 and any(x != 0 for x in v) for v in saved['mean_shifts'].values())
+    assert 'mean colour was then moved onto the reals\' (one shift per channel, measured on 40 generated' in section
 
 
 def test_synthetic_teacher_reference_table(synthetic_dir):
