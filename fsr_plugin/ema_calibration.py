@@ -131,7 +131,8 @@ def shift_snapshot_head_means(snapshot, num=4096, seed=1, dataset_kwargs=None):
     """Move each level's mean colour of snapshot.heads (in place) onto the reals': `num` generated images (z seeded
     with 2000003 + seed, random noise inputs, float32) against `num` real images (a numpy permutation seeded with
     `seed`; the whole data set when it holds no more) of dataset_kwargs (default: the snapshot's training set).
-    G runs on 500 latents at a time. Returns {r: the shift, float64 [C]}. Run after `calibrate_snapshot_heads` (the gain keeps the means)."""
+    G runs on 500 latents at a time. Returns {r: the shift, float64 [C]}. Run it after `calibrate_snapshot_heads`
+    (the gain keeps the means, so the order does not change the shift's target)."""
     if snapshot.heads is None:
         raise ValueError(f'{snapshot.path}: no FSR output heads to shift (not a --fsr run?)')
     dataset_kwargs = dataset_kwargs or snapshot.training_set_kwargs
