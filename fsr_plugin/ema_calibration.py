@@ -87,21 +87,28 @@ def apply_gain(head, gain, mean):
         head.offset.mul_(gain)
 
 
+def _fake_and_real_levels(snapshot, num, seed, z_seed, dataset_kwargs, verb, batch_size):
+    """({r: num generated images}, {r: num real images}) at the heads' levels: z seeded with z_seed, random noise
+    inputs from torch seeded with `seed` (the caller's global RNG state is kept), reals by a numpy permutation seeded
+    with `seed`. Raises ValueError without heads or without a data set."""
+    if snapshot.heads is None:
+        raise ValueError(f'{snapshot.path}: no FSR output heads to {verb} (not a --fsr run?)')
+    dataset_kwargs = dataset_kwargs or snapshot.training_set_kwargs
+    if not dataset_kwargs:
+        raise ValueError(f'{snapshot.path}: no training set recorded; give the real data')
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        fake = snapshot_eval.pyramid_images(snapshot, num, seed=z_seed, noise_mode='random', batch_size=batch_size)
+    real = snapshot_eval.real_pyramid_images(dataset_kwargs, list(snapshot.heads.resolutions), num, seed=seed)
+    return fake, real
+
+
 def calibrate_snapshot_heads(snapshot, num=512, seed=1, patch_size=3, dataset_kwargs=None):
     """Recalibrate snapshot.heads (a `snapshot_eval.Snapshot` with FSR heads) in place: `num` generated images (z
     seeded with 1000003 + seed, random noise inputs, float32 as the metrics run G off CUDA) against `num` real images
     (a numpy permutation seeded with `seed`) of dataset_kwargs (default: the snapshot's training set). Returns
     {r: gain}."""
-    if snapshot.heads is None:
-        raise ValueError(f'{snapshot.path}: no FSR output heads to calibrate (not a --fsr run?)')
-    dataset_kwargs = dataset_kwargs or snapshot.training_set_kwargs
-    if not dataset_kwargs:
-        raise ValueError(f'{snapshot.path}: no training set recorded; give the real data')
-    resolutions = list(snapshot.heads.resolutions)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(seed))
-        fake = snapshot_eval.pyramid_images(snapshot, num, seed=1000003 + int(seed), noise_mode='random')
-    real = snapshot_eval.real_pyramid_images(dataset_kwargs, resolutions, num, seed=seed)
+    fake, real = _fake_and_real_levels(snapshot, num, seed, 1000003 + int(seed), dataset_kwargs, 'calibrate', None)
     gains = {}
     for r, (gain, mean) in level_gains(fake, real, patch_size).items():
         apply_gain(snapshot.heads.head(r), gain, mean)
@@ -133,17 +140,7 @@ def shift_snapshot_head_means(snapshot, num=4096, seed=1, dataset_kwargs=None):
     `seed`; the whole data set when it holds no more) of dataset_kwargs (default: the snapshot's training set).
     G runs on 500 latents at a time. Returns {r: the shift, float64 [C]}. Run it after `calibrate_snapshot_heads`
     (the gain keeps the means, so the order does not change the shift's target)."""
-    if snapshot.heads is None:
-        raise ValueError(f'{snapshot.path}: no FSR output heads to shift (not a --fsr run?)')
-    dataset_kwargs = dataset_kwargs or snapshot.training_set_kwargs
-    if not dataset_kwargs:
-        raise ValueError(f'{snapshot.path}: no training set recorded; give the real data')
-    resolutions = list(snapshot.heads.resolutions)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(seed))
-        fake = snapshot_eval.pyramid_images(snapshot, num, seed=2000003 + int(seed), noise_mode='random',
-                                            batch_size=500)
-    real = snapshot_eval.real_pyramid_images(dataset_kwargs, resolutions, num, seed=seed)
+    fake, real = _fake_and_real_levels(snapshot, num, seed, 2000003 + int(seed), dataset_kwargs, 'shift', 500)
     shifts = level_mean_shifts(fake, real)
     for r, shift in shifts.items():
         apply_mean_shift(snapshot.heads.head(r), shift)
