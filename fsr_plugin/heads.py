@@ -29,6 +29,9 @@ Effective atoms:
   cue of the generator's own padding (docs/RESULTS.md section 24). The offset paints such a fixed pattern directly.
   g scales its learning rate as the equalised learning rate does: Adam moves the stored offset by about the head's
   learning rate per step, the painted one by g times that.
+  While `offset_held` is True (`--fsr-head-offset-kimg`: until that many kimg) the head paints the offset as it is
+  without a gradient to it, so the optimiser leaves it (and its Adam state) untouched; a held zero offset paints
+  exactly what a head without one paints.
 
 Initialisation (`init_from_generator`):
 * 'torgb': the 1x1 map of G.synthesis.b<r>.torgb with its style modulation removed, i.e. effective weight
@@ -112,6 +115,7 @@ class OutputHead(torch.nn.Module):
                 raise ValueError(f'OutputHead: a per-position offset needs the resolution (an int >= 1), got '
                                  f'{resolution!r}')
             self.offset = torch.nn.Parameter(torch.zeros([img_channels, resolution, resolution]))
+        self.offset_held = False
 
     def effective_offset(self):
         """The per-position offset the head adds: [img_channels, r, r] float32, or None without one."""
@@ -161,6 +165,8 @@ class OutputHead(torch.nn.Module):
             if offset.shape[-2:] != x.shape[-2:]:
                 raise ValueError(f'OutputHead: features are {list(s.shape[-2:])}, the per-position offset is '
                                  f'{list(offset.shape[-2:])}')
+            if getattr(self, 'offset_held', False):
+                offset = offset.detach()
             x = x + offset.to(x.dtype)
         if self.residual:
             if img is None:
@@ -246,6 +252,14 @@ class OutputHeads(torch.nn.Module):
         if init != 'random':
             heads.init_from_generator(G, mode=init, style=style)
         return heads
+
+    def hold_offsets(self, held):
+        """Hold (True) or release (False) the per-position offsets of every head that has one: a held offset is
+        painted as it is but gets no gradient (OutputHead.offset_held)."""
+        for r in self.resolutions:
+            head = self.head(r)
+            if getattr(head, 'offset', None) is not None:
+                head.offset_held = bool(held)
 
     def head(self, r):
         """The OutputHead module of resolution r."""

@@ -35,6 +35,7 @@ class FSRConfig:
     head_lr: float = 1.0                # learning-rate multiplier of the heads
     head_gain: bool = False             # every head learns one scalar gain of its atoms
     head_offset: object = 0.0           # gain of a learned per-position offset of the heads: float or {res: g}; 0 = off
+    head_offset_kimg: float = 0.0       # the offsets stay at 0, untrained, until this many kimg have been shown
     top_wta: int = 0                    # winner-take-all window of the top head's features (0 = off)
     top_wta_jitter: float = 0.0         # jitter of its suppression, in units of the winning values' std
     top_wta_st: float = 0.0             # share of the gradient its losers get (straight-through; 0 = winners only)
@@ -109,6 +110,7 @@ class FSRConfig:
             unit_atoms=bool(opts.get('fsr_unit_atoms', False)),
             head_gain=bool(opts.get('fsr_head_gain', False)),
             head_offset=_parse_per_layer(opts.get('fsr_head_offset'), '--fsr-head-offset') or 0.0,
+            head_offset_kimg=float(opts.get('fsr_head_offset_kimg') or 0.0),
             head_lr=float(opts.get('fsr_head_lr') if opts.get('fsr_head_lr') is not None else 1.0),
             top_wta=int(opts.get('fsr_top_wta') or 0),
             top_wta_jitter=float(opts.get('fsr_top_wta_jitter') or 0.0),
@@ -195,6 +197,9 @@ def cli_options():
                      'offset, the same in every image (starts at 0), to paint a fixed pattern such as a border frame; '
                      'the value is its learning-rate gain: one number (every head) or res:gain,res:gain '
                      '(e.g. 16:0.05); 0 = off', default='0', show_default=True),
+        click.option('--fsr-head-offset-kimg', help='FSR heads: the --fsr-head-offset offsets stay at 0 and are not '
+                     'trained until this many kimg have been shown (until then training is as without them); 0 = '
+                     'from the start', type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option('--fsr-top-wta', help='FSR: the top head paints only one channel per site, winners of a w x w '
                      'spatial suppression (w odd; 1 = channel selection only; 0 = off)', type=click.IntRange(min=0),
                      default=0, show_default=True),

@@ -86,6 +86,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         self.usage = None             # --fsr-top-restart: channel_restart.ChannelUsage of the top level
         self._restart = dict(next_nimg=0, total=0, used=0)
         self._last_real = None        # --fsr-top-restart-atom=data|missing: the last real batch seen
+        self._cur_nimg = 0            # images shown before the coming step (--fsr-head-offset-kimg)
         # --fsr-moments-avg: running fake and real patch moments per level
         self.running_moments = RunningMoments(cfg.moments_avg_kimg) if cfg.moments_avg_kimg > 0 else None
 
@@ -100,6 +101,7 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
                                                top_wta_straight_through=cfg.top_wta_st, top_wta_min=cfg.top_wta_min,
                                                offset_gains=_level_weights(cfg.head_offset,
                                                                            list(G.synthesis.block_resolutions)))
+        self._hold_offsets()
         self._heads_as_built = _tensor_copies(self.heads)
         resolutions = list(G.synthesis.block_resolutions)
         modules = {'heads': hooks_lib.ExtraModule(self.heads, side='G', lr_multiplier=cfg.head_lr)}
@@ -135,6 +137,8 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
 
     def state_dict(self):
         state = {}
+        if self.cfg.head_offset_kimg > 0:
+            state['cur_nimg'] = int(self._cur_nimg)
         if self.usage is not None:
             state['restart'] = dict(self._restart, usage=self.usage.state_dict())
         if self.running_moments is not None:
@@ -155,6 +159,14 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
             self._restart = {k: int(restart[k]) for k in ('next_nimg', 'total', 'used')}
         if self.running_moments is not None:
             self.running_moments.load_state_dict((state or {}).get('running_moments'))
+        if self.cfg.head_offset_kimg > 0:
+            self._cur_nimg = int((state or {}).get('cur_nimg', 0))
+            self._hold_offsets()
+
+    def _hold_offsets(self):
+        """--fsr-head-offset-kimg: the heads' offsets are held (no gradient) before that many kimg."""
+        if self.heads is not None:
+            self.heads.hold_offsets(self._cur_nimg < self.cfg.head_offset_kimg * 1000)
 
     # ------------------------------------------------------------------------------------------------------------------
     # --fsr-top-restart
@@ -163,8 +175,12 @@ class FSRPlugin(hooks_lib.TrainingPlugin):
         return max(int(round(self.cfg.top_restart * 1000)), 1)
 
     def after_step(self, step):
-        """--fsr-top-restart: at every interval, restart the top level's dead channels (fsr_plugin.channel_restart)
-        from the usage measured since the last restart."""
+        """Release the heads' offsets once --fsr-head-offset-kimg is reached; --fsr-top-restart: at every interval,
+        restart the top level's dead channels (fsr_plugin.channel_restart) from the usage measured since the last
+        restart."""
+        if self.cfg.head_offset_kimg > 0:
+            self._cur_nimg = int(step['cur_nimg'])
+            self._hold_offsets()
         if self.usage is None or step['cur_nimg'] < self._restart['next_nimg']:
             return
         cur_nimg = int(step['cur_nimg'])
@@ -698,6 +714,8 @@ def _check_level_loss_options(cfg, resolution):
     offsets = cfg.head_offset if isinstance(cfg.head_offset, dict) else {None: cfg.head_offset}
     for r, g in offsets.items():
         _check_level_value('--fsr-head-offset', r, g, resolution, what='gains')
+    if cfg.head_offset_kimg > 0 and not any(g > 0 for g in offsets.values()):
+        raise click.UsageError('--fsr-head-offset-kimg: give the offsets it starts with --fsr-head-offset')
     for flag, weight, patch, patch_flag in checks:
         weights = weight if isinstance(weight, dict) else {None: weight}
         for r, w in weights.items():
