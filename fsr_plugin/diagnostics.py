@@ -7,6 +7,8 @@
 * `effective_patch_filters`, `effective_filters_d_first_layer`, `random_d_first_layer_filters`, `torgb_atoms`,
   `feature_similarity`: D's first-layer patch filters vs G's output atoms, optimally matched, beside random
   networks (Fig. 7 analogue).
+* `PositionMoments`, `position_gaps`: the mean image and the variance image (per-position statistics over images),
+  real vs generated, beside the same for two real samples: a pattern at fixed places, which the patch moments pool.
 * `per_level_swd`: the host's sliced Wasserstein distance (Laplacian-pyramid patches) at every pyramid level.
 
 Orientation convention of filters and atoms: a filter w [C, k, k] is an image-space template. D's first layer
@@ -286,6 +288,79 @@ def moment_gap_with_floor(real_a, real_b, fake, q=3):
         out[f'learned_{k}'] = bool(out[f'gap_{k}'] <= 2 * out[f'floor_{k}'])
     out['learned'] = out['learned_1'] and out['learned_2']
     out.update(num_patches_real_a=ma.count, num_patches_real_b=mb.count, num_patches_fake=mf.count, dim=ma.dim)
+    return out
+
+
+class PositionMoments:
+    """Running per-position mean and variance over images of batches [N, C, H, W]: the mean image and the variance
+    image, float64 (sums relative to the first batch's mean image). `mean_var()` returns (mean [C, H, W], population
+    variance over images [C, H, W]) as float64 numpy."""
+
+    def __init__(self):
+        self.shape = None
+        self.count = 0
+        self._shift = None
+        self._sum = None
+        self._sq = None
+
+    @torch.no_grad()
+    def update(self, images):
+        """Add images [N, C, H, W] (C, H, W equal across calls). Returns self."""
+        x = _as_float64(images, 'PositionMoments.update: images [N, C, H, W]')
+        if self.shape is None:
+            self.shape = list(x.shape[1:])
+            self._shift = x.mean(0)
+            self._sum = torch.zeros_like(self._shift)
+            self._sq = torch.zeros_like(self._shift)
+        elif list(x.shape[1:]) != self.shape:
+            raise ValueError(f'PositionMoments: images [C, H, W] = {list(x.shape[1:])} differ from the earlier '
+                             f'{self.shape}')
+        d = x.to(self._shift.device) - self._shift
+        self._sum += d.sum(0)
+        self._sq += d.square().sum(0)
+        self.count += x.shape[0]
+        return self
+
+    def mean_var(self):
+        if self.count == 0:
+            raise ValueError('PositionMoments: no images added')
+        m = self._sum / self.count
+        return (self._shift + m).cpu().numpy(), (self._sq / self.count - m.square()).clamp_min(0).cpu().numpy()
+
+
+def _position_moments(x, what):
+    return x if isinstance(x, PositionMoments) else PositionMoments().update(_as_float64(x, f'{what} [N, C, H, W]'))
+
+
+def position_gaps(real_a, real_b, fake):
+    """How much a sample's per-position statistics depart from the reference sample real_a, beside the same for a
+    disjoint real sample real_b of the same size as fake (the noise floor). Images [N, C, H, W] or PositionMoments.
+
+    The patch moments pool all positions, so they see a pattern that sits at the same place in every image (a frame,
+    a grid) only through the pooled covariance. Here, with m_x(p) [C] and v_x(p) [C] the mean and variance over images
+    at position p:
+    * mean_gap = rms over channels and positions of the pattern d(p) = m_x(p) - m_a(p) minus its per-channel average
+      over positions (the overall colour is gap_1's business), over the reals' pooled pixel standard deviation
+      (sqrt of the channel-average variance over images and positions);
+    * var_gap = rms over positions of l(p) - mean_p l(p), l(p) = log(sum_c v_x(p) / sum_c v_a(p)): how unevenly the
+      variance is spread over positions (the overall contrast, exp(mean_p l), is returned as var_scale).
+    Returns dict(mean_gap, mean_floor, var_gap, var_floor, var_scale, var_scale_floor)."""
+    ma, va = _position_moments(real_a, 'position_gaps: real_a').mean_var()
+    out = {}
+    for name, x in (('gap', fake), ('floor', real_b)):
+        mom = _position_moments(x, f'position_gaps: {"fake" if name == "gap" else "real_b"}')
+        if mom.shape != list(ma.shape):
+            raise ValueError(f'position_gaps: images [C, H, W] differ: {list(ma.shape)} vs {mom.shape}')
+        mx, vx = mom.mean_var()
+        d = mx - ma
+        d = d - d.mean(axis=(1, 2), keepdims=True)
+        pooled = float(np.mean(va.mean(axis=(1, 2)) + ma.var(axis=(1, 2))))
+        eps = 1e-9 * max(float(va.sum(0).mean()), 1e-300)
+        log_ratio = np.log((vx.sum(0) + eps) / (va.sum(0) + eps))
+        key = '' if name == 'gap' else '_floor'
+        out['mean_gap' if name == 'gap' else 'mean_floor'] = _relative(np.sqrt(np.mean(d ** 2)), np.sqrt(pooled))
+        out['var_gap' if name == 'gap' else 'var_floor'] = float(np.sqrt(np.mean((log_ratio - log_ratio.mean()) ** 2)))
+        out['var_scale' + key] = float(np.exp(log_ratio.mean()))
     return out
 
 

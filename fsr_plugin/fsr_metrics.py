@@ -34,6 +34,11 @@ Metrics and result keys (r = resolution):
                    fsr_consistency_unpaired_res<r> = the same with x_{r/2} of another sample (the value of unrelated
                    levels, about 2); fsr_consistency_mean (mean of the first over levels). moment_images images
                    per side.
+  fsr_position_stats  per level r: fsr_position_mean_res<r> and fsr_position_var_res<r> (diagnostics.position_gaps:
+                   the fixed pattern of the mean image over the reals' pixel std, and the rms log unevenness of the
+                   variance image), fsr_position_mean_floor_res<r> and fsr_position_var_floor_res<r> (the same for a
+                   second real sample), fsr_position_var_scale_res<r> (overall variance ratio); the samples of
+                   fsr_moment_gap (moment_images per sample, averaged over moment_draws draws).
 Every rank computes the same values (fixed seeds), so the keys agree across processes.
 """
 
@@ -51,7 +56,8 @@ from fsr_plugin import diagnostics
 from fsr_plugin import pyramid as fsr_pyramid
 from metrics import metric_utils
 
-METRIC_NAMES = ('fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels', 'fsr_level_consistency')
+METRIC_NAMES = ('fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels', 'fsr_level_consistency',
+                'fsr_position_stats')
 
 
 @dataclasses.dataclass
@@ -481,6 +487,49 @@ def _consistency_metric(ctx):
     return fsr_level_consistency
 
 
+def _position_stats_metric(ctx):
+    def fsr_position_stats(opts):
+        G = _generator(opts)
+        G_kwargs = metric_utils.generator_call_kwargs(G, opts)
+        dataset = _open_dataset(opts, G, 'fsr_position_stats')
+        draws = ctx.moment_draws
+        n = min(ctx.moment_images, len(dataset) // (2 * draws))
+        if n < 2:
+            raise ValueError(f'fsr_position_stats needs at least {4 * draws} dataset images for {draws} draw(s) of two '
+                             f'disjoint real samples of 2 or more, got {len(dataset)}')
+        resolutions = _resolutions(ctx, opts, G)
+        # The samples of fsr_moment_gap: draw k's reals are images 2kn .. 2(k+1)n of one seeded permutation, its
+        # fakes images kn .. (k+1)n of one latent stream.
+        perm = np.random.RandomState(ctx.seed).permutation(len(dataset))
+        stats = {name: [{r: diagnostics.PositionMoments() for r in resolutions} for _ in range(draws)]
+                 for name in ('real_a', 'real_b', 'fake')}
+        for k in range(draws):
+            base = 2 * k * n
+            for name, indices in (('real_a', perm[base + n:base + 2 * n]), ('real_b', perm[base:base + n])):
+                for images in _real_batches(dataset, indices, opts.batch_size):
+                    for r, x in _real_pyramid(ctx, opts, images, resolutions).items():
+                        stats[name][k][r].update(x)
+        done = 0
+        for z, c in _latents(G, opts, draws * n, ctx.seed):
+            levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions)
+            pos = 0
+            while pos < z.shape[0]:
+                stop = min(z.shape[0], pos + n - (done + pos) % n)
+                for r, x in levels.items():
+                    stats['fake'][(done + pos) // n][r].update(x[pos:stop])
+                pos = stop
+            done += z.shape[0]
+        results = {}
+        for r in resolutions:
+            gaps = [diagnostics.position_gaps(stats['real_a'][k][r], stats['real_b'][k][r], stats['fake'][k][r])
+                    for k in range(draws)]
+            for key in ('mean_gap', 'mean_floor', 'var_gap', 'var_floor', 'var_scale'):
+                name = {'mean_gap': 'mean', 'var_gap': 'var'}.get(key, key)
+                results[f'fsr_position_{name}_res{r}'] = float(np.mean([g[key] for g in gaps]))
+        return results
+    return fsr_position_stats
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Registration.
 
@@ -492,7 +541,7 @@ def make_fsr_metrics(context=None):
     if not isinstance(ctx, FSRMetricContext):
         raise TypeError(f'context must be an FSRMetricContext or None, got {type(ctx).__name__}')
     fns = [_sparsity_metric(ctx), _moment_gap_metric(ctx), _feature_sim_metric(ctx), _swd_levels_metric(ctx),
-           _consistency_metric(ctx)]
+           _consistency_metric(ctx), _position_stats_metric(ctx)]
     return {fn.__name__: fn for fn in fns}
 
 

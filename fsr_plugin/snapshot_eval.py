@@ -180,7 +180,7 @@ def evaluate(snapshot, metric, sizes, dataset_kwargs=None, G=None, features_fn=N
     if metric not in fsr_metrics.METRIC_NAMES:
         raise ValueError(f'unknown FSR metric {metric!r}; one of {", ".join(fsr_metrics.METRIC_NAMES)}')
     dataset_kwargs = dataset_kwargs if dataset_kwargs is not None else snapshot.training_set_kwargs
-    needs_data = metric in ('fsr_moment_gap', 'fsr_swd_levels')
+    needs_data = metric in ('fsr_moment_gap', 'fsr_swd_levels', 'fsr_position_stats')
     if needs_data and not dataset_kwargs:
         raise ValueError(f'{metric} needs real images: {snapshot.path} records no training set')
     ctx = snapshot.context(sizes, features_fn=features_fn)
