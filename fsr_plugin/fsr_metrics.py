@@ -266,6 +266,43 @@ _REAL_MOMENTS_CACHE = collections.OrderedDict()  # key -> {'real_a'/'real_b': {r
 _REAL_MOMENTS_CACHE_SIZE = 4
 
 
+def _draw_setup(ctx, opts, what, min_images):
+    """(G, G_kwargs, dataset, n, draws) of a metric on ctx.moment_draws draws of two disjoint real samples and one
+    generated sample of n = min(ctx.moment_images, len(dataset) // (2 draws)) images each (at least min_images)."""
+    G = _generator(opts)
+    G_kwargs = metric_utils.generator_call_kwargs(G, opts)
+    dataset = _open_dataset(opts, G, what)
+    draws = ctx.moment_draws
+    n = min(ctx.moment_images, len(dataset) // (2 * draws))
+    if n < min_images:
+        raise ValueError(f'{what} needs at least {2 * draws * min_images} dataset images for {draws} draw(s) of two '
+                         f'disjoint real samples{"" if min_images == 1 else f" of {min_images} or more"}, got '
+                         f'{len(dataset)}')
+    return G, G_kwargs, dataset, n, draws
+
+
+def _real_draw_indices(ctx, dataset, n, draws):
+    """Per draw k, {'real_a', 'real_b'}: dataset indices of two disjoint samples of n images, images 2kn+n..2kn+2n
+    and 2kn..2kn+n of one permutation seeded with ctx.seed (so draws never share an image)."""
+    perm = np.random.RandomState(ctx.seed).permutation(len(dataset))
+    return [dict(real_a=perm[2 * k * n + n:2 * k * n + 2 * n], real_b=perm[2 * k * n:2 * k * n + n])
+            for k in range(draws)]
+
+
+def _fake_draws(ctx, opts, G, G_kwargs, resolutions, n, draws):
+    """Yields (k, {r: images}) over one stream of draws * n latents: draw k gets images kn..(k+1)n of it (a
+    generator batch that straddles two draws is split)."""
+    done = 0
+    for z, c in _latents(G, opts, draws * n, ctx.seed):
+        levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions)
+        pos = 0
+        while pos < z.shape[0]:
+            stop = min(z.shape[0], pos + n - (done + pos) % n)
+            yield (done + pos) // n, {r: x[pos:stop] for r, x in levels.items()}
+            pos = stop
+        done += z.shape[0]
+
+
 def _real_moments(ctx, opts, dataset, n, q, resolutions, draws=1):
     """{'real_a', 'real_b': [{r: PatchMoments}] * draws}: per draw, two disjoint samples of n dataset images (a seeded
     permutation; draw k takes images 2kn .. 2(k+1)n of it, so draws never share an image).
@@ -281,11 +318,8 @@ def _real_moments(ctx, opts, dataset, n, q, resolutions, draws=1):
         if key in _REAL_MOMENTS_CACHE:
             _REAL_MOMENTS_CACHE.move_to_end(key)
             return copy.deepcopy(_REAL_MOMENTS_CACHE[key])
-    perm = np.random.RandomState(ctx.seed).permutation(len(dataset))
     moments = {'real_a': [], 'real_b': []}
-    for k in range(draws):
-        base = 2 * k * n
-        samples = dict(real_a=perm[base + n:base + 2 * n], real_b=perm[base:base + n])  # disjoint, n images each
+    for samples in _real_draw_indices(ctx, dataset, n, draws):
         for name, indices in samples.items():
             levels = {r: diagnostics.PatchMoments(q) for r in resolutions}
             for images in _real_batches(dataset, indices, opts.batch_size):
@@ -301,31 +335,16 @@ def _real_moments(ctx, opts, dataset, n, q, resolutions, draws=1):
 
 def _moment_gap_metric(ctx):
     def fsr_moment_gap(opts):
-        G = _generator(opts)
-        G_kwargs = metric_utils.generator_call_kwargs(G, opts)
-        dataset = _open_dataset(opts, G, 'fsr_moment_gap')
-        draws = ctx.moment_draws
-        n = min(ctx.moment_images, len(dataset) // (2 * draws))
-        if n < 1:
-            raise ValueError(f'fsr_moment_gap needs at least {2 * draws} dataset images for {draws} draw(s) of two '
-                             f'disjoint real samples, got {len(dataset)}')
+        G, G_kwargs, dataset, n, draws = _draw_setup(ctx, opts, 'fsr_moment_gap', 1)
         q = ctx.moment_q
         resolutions = [r for r in _resolutions(ctx, opts, G) if r >= q]
         if not resolutions:
             raise ValueError(f'fsr_moment_gap: no resolution is at least the patch size q={q}')
         moments = _real_moments(ctx, opts, dataset, n, q, resolutions, draws)
-        # One stream of latents; draw k gets images kn .. (k+1)n of it (for one draw: the first n, as always).
         moments['fake'] = [{r: diagnostics.PatchMoments(q) for r in resolutions} for _ in range(draws)]
-        done = 0
-        for z, c in _latents(G, opts, draws * n, ctx.seed):
-            levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions)
-            pos = 0
-            while pos < z.shape[0]:  # a batch may straddle two draws
-                stop = min(z.shape[0], pos + n - (done + pos) % n)
-                for r, x in levels.items():
-                    moments['fake'][(done + pos) // n][r].update(x[pos:stop])
-                pos = stop
-            done += z.shape[0]
+        for k, levels in _fake_draws(ctx, opts, G, G_kwargs, resolutions, n, draws):
+            for r, x in levels.items():
+                moments['fake'][k][r].update(x)
         results, learned = {}, 0
         for r in resolutions:
             gaps = [diagnostics.moment_gap_with_floor(moments['real_a'][k][r], moments['real_b'][k][r],
@@ -489,36 +508,19 @@ def _consistency_metric(ctx):
 
 def _position_stats_metric(ctx):
     def fsr_position_stats(opts):
-        G = _generator(opts)
-        G_kwargs = metric_utils.generator_call_kwargs(G, opts)
-        dataset = _open_dataset(opts, G, 'fsr_position_stats')
-        draws = ctx.moment_draws
-        n = min(ctx.moment_images, len(dataset) // (2 * draws))
-        if n < 2:
-            raise ValueError(f'fsr_position_stats needs at least {4 * draws} dataset images for {draws} draw(s) of two '
-                             f'disjoint real samples of 2 or more, got {len(dataset)}')
+        G, G_kwargs, dataset, n, draws = _draw_setup(ctx, opts, 'fsr_position_stats', 2)
         resolutions = _resolutions(ctx, opts, G)
-        # The samples of fsr_moment_gap: draw k's reals are images 2kn .. 2(k+1)n of one seeded permutation, its
-        # fakes images kn .. (k+1)n of one latent stream.
-        perm = np.random.RandomState(ctx.seed).permutation(len(dataset))
+        # The samples of fsr_moment_gap (_real_draw_indices, _fake_draws).
         stats = {name: [{r: diagnostics.PositionMoments() for r in resolutions} for _ in range(draws)]
                  for name in ('real_a', 'real_b', 'fake')}
-        for k in range(draws):
-            base = 2 * k * n
-            for name, indices in (('real_a', perm[base + n:base + 2 * n]), ('real_b', perm[base:base + n])):
+        for k, samples in enumerate(_real_draw_indices(ctx, dataset, n, draws)):
+            for name, indices in samples.items():
                 for images in _real_batches(dataset, indices, opts.batch_size):
                     for r, x in _real_pyramid(ctx, opts, images, resolutions).items():
                         stats[name][k][r].update(x)
-        done = 0
-        for z, c in _latents(G, opts, draws * n, ctx.seed):
-            levels = _fake_pyramid(ctx, opts, G, z, c, G_kwargs, resolutions)
-            pos = 0
-            while pos < z.shape[0]:
-                stop = min(z.shape[0], pos + n - (done + pos) % n)
-                for r, x in levels.items():
-                    stats['fake'][(done + pos) // n][r].update(x[pos:stop])
-                pos = stop
-            done += z.shape[0]
+        for k, levels in _fake_draws(ctx, opts, G, G_kwargs, resolutions, n, draws):
+            for r, x in levels.items():
+                stats['fake'][k][r].update(x)
         results = {}
         for r in resolutions:
             gaps = [diagnostics.position_gaps(stats['real_a'][k][r], stats['real_b'][k][r], stats['fake'][k][r])

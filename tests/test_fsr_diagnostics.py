@@ -394,26 +394,33 @@ def test_moment_gap_metric_equals_floor_for_a_generator_replaying_real_b(tiny_da
                                                                          'fsr_moment_gap1_res4', 'fsr_moment_gap1_res8']
 
 
-def test_moment_gap_metric_averages_independent_draws(tiny_dataset):
-    """moment_draws=K: draw k compares fake images kn..(k+1)n of one latent stream with the real images 2kn+n..2kn+2n
-    (reference) and 2kn..2kn+n (floor) of the seeded permutation; gaps and floors are the means over draws. n = 5
-    does not divide the generator's batches of 16, so batches straddle draws."""
+def latent_stream_metric(name, dataset_kwargs, n, draws):
+    """Run metric `name` with moment_images=n, moment_draws=draws at levels 8 and 16 on a "generator" whose images
+    are a function of its latent (tanh(z[:3] + 0.5 * dataset image i) for the i-th latent of each batch).
+    Returns (results, the dataset's images in [-1, 1], the first n * draws generated 16x16 images, the metric's
+    permutation of the dataset (seed 0))."""
     import dnnlib
-    dataset = dnnlib.util.construct_class_by_name(**tiny_dataset)
+    dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
     pool = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))])).float() / 127.5 - 1
     served = []
 
-    def fake_levels(G, z, c, **kwargs):  # a "generator" whose images are a function of its latent
+    def fake_levels(G, z, c, **kwargs):
         x = torch.tanh(z[:, :3, None, None] + pool[:z.shape[0]] * 0.5)
         served.append(x)
         return {16: x, 8: F.avg_pool2d(x, 2)}
 
-    n, draws = 5, 2
     ctx = fsr_metrics.FSRMetricContext(pyramid_fn=fake_levels, moment_images=n, moment_draws=draws,
                                        resolutions=(8, 16))
-    res = _calc('fsr_moment_gap', _tiny_G(16), tiny_dataset, ctx)
-    fakes = torch.cat(served)[:n * draws]
-    perm = np.random.RandomState(0).permutation(len(dataset))
+    res = _calc(name, _tiny_G(16), dataset_kwargs, ctx)
+    return res, pool, torch.cat(served)[:n * draws], np.random.RandomState(0).permutation(len(dataset))
+
+
+def test_moment_gap_metric_averages_independent_draws(tiny_dataset):
+    """moment_draws=K: draw k compares fake images kn..(k+1)n of one latent stream with the real images 2kn+n..2kn+2n
+    (reference) and 2kn..2kn+n (floor) of the seeded permutation; gaps and floors are the means over draws. n = 5
+    does not divide the generator's batches of 16, so batches straddle draws."""
+    n, draws = 5, 2
+    res, pool, fakes, perm = latent_stream_metric('fsr_moment_gap', tiny_dataset, n, draws)
     for r in (8, 16):
         per_draw = []
         for k in range(draws):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_fsr_diagnostics import _calc, _tiny_G, tiny_dataset  # noqa: E402,F401
+from test_fsr_diagnostics import _calc, _tiny_G, latent_stream_metric, tiny_dataset  # noqa: E402,F401
 
 from fsr_plugin import diagnostics as dg  # noqa: E402
 from fsr_plugin import fsr_metrics  # noqa: E402
@@ -66,22 +66,8 @@ def test_position_gaps_against_hand_computation():
 def test_position_stats_metric_matches_the_diagnostic_on_its_samples(tiny_dataset):
     """The metric's samples are fsr_moment_gap's: draw k compares fakes kn..(k+1)n of one latent stream with reals
     2kn+n..2kn+2n (reference) and 2kn..2kn+n (floor) of the seeded permutation; values are means over draws."""
-    import dnnlib
-    dataset = dnnlib.util.construct_class_by_name(**tiny_dataset)
-    pool = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))])).float() / 127.5 - 1
-    served = []
-
-    def fake_levels(G, z, c, **kwargs):
-        x = torch.tanh(z[:, :3, None, None] + pool[:z.shape[0]] * 0.5)
-        served.append(x)
-        return {16: x, 8: F.avg_pool2d(x, 2)}
-
     n, draws = 5, 2
-    ctx = fsr_metrics.FSRMetricContext(pyramid_fn=fake_levels, moment_images=n, moment_draws=draws,
-                                       resolutions=(8, 16))
-    res = _calc('fsr_position_stats', _tiny_G(16), tiny_dataset, ctx)
-    fakes = torch.cat(served)[:n * draws]
-    perm = np.random.RandomState(0).permutation(len(dataset))
+    res, pool, fakes, perm = latent_stream_metric('fsr_position_stats', tiny_dataset, n, draws)
     for r in (8, 16):
         def level(x):
             return x if r == 16 else F.avg_pool2d(x, 2)
