@@ -346,6 +346,8 @@ def position_gaps(real_a, real_b, fake):
       variance is spread over positions (the overall contrast, exp(mean_p l), is returned as var_scale).
     Returns dict(mean_gap, mean_floor, var_gap, var_floor, var_scale, var_scale_floor)."""
     ma, va = _position_moments(real_a, 'position_gaps: real_a').mean_var()
+    pooled = float(np.mean(va.mean(axis=(1, 2)) + ma.var(axis=(1, 2))))  # the reals' pooled pixel variance
+    eps = 1e-9 * max(float(va.sum(0).mean()), 1e-300)
     out = {}
     for name, x in (('gap', fake), ('floor', real_b)):
         mom = _position_moments(x, f'position_gaps: {"fake" if name == "gap" else "real_b"}')
@@ -354,8 +356,6 @@ def position_gaps(real_a, real_b, fake):
         mx, vx = mom.mean_var()
         d = mx - ma
         d = d - d.mean(axis=(1, 2), keepdims=True)
-        pooled = float(np.mean(va.mean(axis=(1, 2)) + ma.var(axis=(1, 2))))
-        eps = 1e-9 * max(float(va.sum(0).mean()), 1e-300)
         log_ratio = np.log((vx.sum(0) + eps) / (va.sum(0) + eps))
         key = '' if name == 'gap' else '_floor'
         out['mean_gap' if name == 'gap' else 'mean_floor'] = _relative(np.sqrt(np.mean(d ** 2)), np.sqrt(pooled))
