@@ -256,6 +256,27 @@ def swd_rows(records_by_run, label_of):
     return rows
 
 
+POSITION_HEADERS = ['arm', 'r', 'mean pattern', 'floor', 'mean pattern / floor', 'variance unevenness', 'floor',
+                    'variance unevenness / floor', 'variance scale']
+
+
+def position_rows(records_by_run, label_of):
+    """Table rows (label, r, mean pattern, floor, ratio, variance unevenness, floor, ratio, variance scale) from the
+    FINAL fsr_position_stats record of each run, grouped by label (spread over runs)."""
+    groups = final_results_by_label(records_by_run, label_of)
+    rows = []
+    for label, results in groups.items():
+        for r in sorted(per_level(results[0], 'fsr_position_mean_res{r}')):
+            m = [res[f'fsr_position_mean_res{r}'] for res in results]
+            mf = [res[f'fsr_position_mean_floor_res{r}'] for res in results]
+            v = [res[f'fsr_position_var_res{r}'] for res in results]
+            vf = [res[f'fsr_position_var_floor_res{r}'] for res in results]
+            rows.append([label, r, fmt_spread(m), fmt_spread(mf), fmt_spread([ratio(a, b) for a, b in zip(m, mf)]),
+                         fmt_spread(v), fmt_spread(vf), fmt_spread([ratio(a, b) for a, b in zip(v, vf)]),
+                         fmt_spread([res[f'fsr_position_var_scale_res{r}'] for res in results])])
+    return rows
+
+
 def sparsity_rows(results_list, label):
     """Rows (label, r, active fraction, p05/p50/p95, Hoyer, all-zero share) from fsr_sparsity results of runs."""
     rows = []
@@ -556,7 +577,7 @@ def synthetic(**params):
 
     # Evaluation of every run.
     t_eval = time.time()
-    moments, swds, consistencies, atoms, spreads, spread_reals = [], [], [], {}, {}, {}
+    moments, swds, consistencies, positions, atoms, spreads, spread_reals = [], [], [], [], {}, {}, {}
     calibrated, calibration_notes = [], {}
     cache = {}
     for run in runs:
@@ -565,6 +586,7 @@ def synthetic(**params):
         swds.append((run, eval_metric(run, snaps[-1:], 'fsr_swd_levels', sizes, params['device'], cache)))
         consistencies.append((run, eval_metric(run, snaps[-1:], 'fsr_level_consistency', sizes, params['device'],
                                                cache)))
+        positions.append((run, eval_metric(run, snaps[-1:], 'fsr_position_stats', sizes, params['device'], cache)))
         snap = _load(snaps[-1], params['device'], cache)
         if params['ema_calibration'] and snap.heads is not None:
             record, note = calibrated_moment_gap(run, snap, sizes, params['calibration_mean_images'])
@@ -693,6 +715,15 @@ def synthetic(**params):
             rep.table(MOMENT_HEADERS, moment_rows(calibrated, lambda r: r.label))
         for name, note in sorted(calibration_notes.items()):
             rep.text(f'{name}: not recalibrated ({note}).')
+    rep.heading('Per-position statistics per level (final snapshot)')
+    rep.text('What the pooled patch moments average away (fsr_position_stats, on the samples and draws of the gaps '
+             'above). Mean pattern: the rms over positions of the fake minus the real mean image, less its average '
+             'per channel, over the reals\' pixel std: a fixed spatial pattern painted too strongly, too weakly or '
+             'in the wrong place (the teacher\'s own mean image is not flat). Variance unevenness: the rms of the '
+             'centred log ratio of the fake and real per-pixel variance images: contrast put in the wrong places. '
+             'Floor: the same between two disjoint real samples; variance scale: the ratio of the overall '
+             'variances. The uncalibrated final snapshot.')
+    rep.table(POSITION_HEADERS, position_rows(positions, lambda r: r.label))
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')

@@ -264,6 +264,30 @@ def test_synthetic_consistency_table_matches_the_jsonl(synthetic_dir):
         assert float(_cell(headers, row, 'paired')) < 1e-6 < float(_cell(headers, row, 'unpaired'))
 
 
+def test_synthetic_position_table_matches_the_jsonl(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    section = report.split('## Per-position statistics per level')[1].split('\n## ')[0]
+    headers, rows = _table(section, 'arm', 'variance unevenness / floor')
+    assert {r[0] for r in rows} == {'plain', 'joint', 'layerwise'}
+    for arm in ('plain', 'joint'):
+        path = os.path.join(synthetic_dir, 'eval', f'{arm}-seed0', 'metric-fsr_position_stats.jsonl')
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        assert len(records) == 1  # the final snapshot only
+        assert os.path.samefile(records[0]['snapshot_pkl'],
+                                _final_snapshot(os.path.join(synthetic_dir, 'runs', f'{arm}-seed0')))
+        res = records[0]['results']
+        assert sorted(int(r[1]) for r in rows if r[0] == arm) == [4, 8, 16]
+        row = [r for r in rows if r[0] == arm and r[1] == '16'][0]
+        _close(_cell(headers, row, 'mean pattern'), res['fsr_position_mean_res16'])
+        _close(_cell(headers, row, 'mean pattern / floor'),
+               res['fsr_position_mean_res16'] / res['fsr_position_mean_floor_res16'])
+        _close(_cell(headers, row, 'variance unevenness / floor'),
+               res['fsr_position_var_res16'] / res['fsr_position_var_floor_res16'])
+        _close(_cell(headers, row, 'variance scale'), res['fsr_position_var_scale_res16'])
+        assert all(np.isfinite(v) and v > 0 for v in res.values()), res
+
+
 def test_synthetic_recalibrated_moment_table(synthetic_dir):
     report = _read(os.path.join(synthetic_dir, 'report.md'))
     section = report.split('## Patch-moment gaps after EMA recalibration')[1].split('\n## ')[0]
