@@ -211,6 +211,13 @@ def final_results_by_label(records_by_run, label_of):
     return groups
 
 
+def value_floor_cells(results, value_key, floor_key):
+    """[value, floor, value / floor] report cells (spread over runs) of one result key and its floor's key."""
+    values = [res[value_key] for res in results]
+    floors = [res[floor_key] for res in results]
+    return [fmt_spread(values), fmt_spread(floors), fmt_spread([ratio(a, b) for a, b in zip(values, floors)])]
+
+
 def moment_rows(records_by_run, label_of):
     """Table rows (label, r, gap_1, floor_1, ratio_1, gap_2, floor_2, ratio_2, learned k/n) from the FINAL
     fsr_moment_gap record of each run, grouped by label (spread over runs)."""
@@ -219,14 +226,11 @@ def moment_rows(records_by_run, label_of):
     for label, results in groups.items():
         levels = sorted(per_level(results[0], 'fsr_moment_gap1_res{r}'))
         for r in levels:
-            g1 = [res[f'fsr_moment_gap1_res{r}'] for res in results]
-            f1 = [res[f'fsr_moment_floor1_res{r}'] for res in results]
-            g2 = [res[f'fsr_moment_gap2_res{r}'] for res in results]
-            f2 = [res[f'fsr_moment_floor2_res{r}'] for res in results]
             learned = sum(int(res[f'fsr_moment_learned_res{r}']) for res in results)
-            rows.append([label, r, fmt_spread(g1), fmt_spread(f1), fmt_spread([ratio(a, b) for a, b in zip(g1, f1)]),
-                         fmt_spread(g2), fmt_spread(f2), fmt_spread([ratio(a, b) for a, b in zip(g2, f2)]),
-                         f'{learned}/{len(results)}'])
+            rows.append([label, r]
+                        + value_floor_cells(results, f'fsr_moment_gap1_res{r}', f'fsr_moment_floor1_res{r}')
+                        + value_floor_cells(results, f'fsr_moment_gap2_res{r}', f'fsr_moment_floor2_res{r}')
+                        + [f'{learned}/{len(results)}'])
     return rows
 
 
@@ -267,13 +271,10 @@ def position_rows(records_by_run, label_of):
     rows = []
     for label, results in groups.items():
         for r in sorted(per_level(results[0], 'fsr_position_mean_res{r}')):
-            m = [res[f'fsr_position_mean_res{r}'] for res in results]
-            mf = [res[f'fsr_position_mean_floor_res{r}'] for res in results]
-            v = [res[f'fsr_position_var_res{r}'] for res in results]
-            vf = [res[f'fsr_position_var_floor_res{r}'] for res in results]
-            rows.append([label, r, fmt_spread(m), fmt_spread(mf), fmt_spread([ratio(a, b) for a, b in zip(m, mf)]),
-                         fmt_spread(v), fmt_spread(vf), fmt_spread([ratio(a, b) for a, b in zip(v, vf)]),
-                         fmt_spread([res[f'fsr_position_var_scale_res{r}'] for res in results])])
+            rows.append([label, r]
+                        + value_floor_cells(results, f'fsr_position_mean_res{r}', f'fsr_position_mean_floor_res{r}')
+                        + value_floor_cells(results, f'fsr_position_var_res{r}', f'fsr_position_var_floor_res{r}')
+                        + [fmt_spread([res[f'fsr_position_var_scale_res{r}'] for res in results])])
     return rows
 
 
