@@ -128,18 +128,32 @@ def eval_metric(run, snapshot_paths, metric, sizes, device, cache=None):
     return records
 
 
-def calibrated_moment_gap(run, snap, sizes, mean_images=0):
+def moment_gap_at_seeds(run, snap, sizes, metric_seeds, name):
+    """fsr_moment_gap of `snap` at each metric seed of `metric_seeds` (sizes otherwise unchanged), appended to
+    <eval_dir>/metric-<name>.jsonl with the seed under 'metric_seed'. Returns the records, in seed order."""
+    path = os.path.join(run.eval_dir, f'metric-{name}.jsonl')
+    records = []
+    for seed in metric_seeds:
+        click.echo(f'  {run.name}: fsr_moment_gap at metric seed {seed} ({name})')
+        result = dict(se.evaluate(snap, 'fsr_moment_gap', sizes.with_seed(seed)), metric_seed=int(seed))
+        records.append(se.append_record(path, result, snap))
+    return records
+
+
+def calibrated_moment_gap(run, snap, sizes, mean_images=0, metric_seeds=()):
     """fsr_moment_gap of a copy of `snap` recalibrated by fsr_plugin.ema_calibration (CALIBRATION_IMAGES images,
     seed 1; with mean_images > 0 each level's mean colour moved onto the reals' as well, measured on that many
     images), appended to <eval_dir>/metric-fsr_moment_gap-calibrated.jsonl, with the gains (and shifts) in
-    <eval_dir>/ema-calibration.json. Returns (record, None), or (None, why) when the heads cannot take a gain."""
+    <eval_dir>/ema-calibration.json; the copy is also scored at every further metric seed of `metric_seeds`
+    (moment_gap_at_seeds, metric-fsr_moment_gap-calibrated-seeds.jsonl). Returns (record, seed_records, None), or
+    (None, [], why) when the heads cannot take a gain."""
     calibrated = copy.deepcopy(snap)
     try:
         gains = ema_calibration.calibrate_snapshot_heads(calibrated, num=CALIBRATION_IMAGES, seed=1)
         shifts = ema_calibration.shift_snapshot_head_means(calibrated, num=mean_images, seed=1) \
             if mean_images >= 1 else {}
     except ValueError as e:
-        return None, str(e)
+        return None, [], str(e)
     record = dict(gains={str(r): g for r, g in sorted(gains.items())}, images=CALIBRATION_IMAGES, seed=1,
                   snapshot=snap.path)
     if shifts:
@@ -151,7 +165,8 @@ def calibrated_moment_gap(run, snap, sizes, mean_images=0):
                + ' '.join(f'r{r}={g:.3f}' for r, g in sorted(gains.items()))
                + (f'; level means moved onto the reals\', {mean_images} images' if shifts else '') + ')')
     path = os.path.join(run.eval_dir, 'metric-fsr_moment_gap-calibrated.jsonl')
-    return se.append_record(path, se.evaluate(calibrated, 'fsr_moment_gap', sizes), calibrated), None
+    record = se.append_record(path, se.evaluate(calibrated, 'fsr_moment_gap', sizes), calibrated)
+    return record, moment_gap_at_seeds(run, calibrated, sizes, metric_seeds, 'fsr_moment_gap-calibrated-seeds'), None
 
 
 def calibration_gains_note(calibrated):
@@ -231,6 +246,33 @@ def moment_rows(records_by_run, label_of):
                         + value_floor_cells(results, f'fsr_moment_gap1_res{r}', f'fsr_moment_floor1_res{r}')
                         + value_floor_cells(results, f'fsr_moment_gap2_res{r}', f'fsr_moment_floor2_res{r}')
                         + [f'{learned}/{len(results)}'])
+    return rows
+
+
+SEED_MOMENT_HEADERS = ['arm', 'scoring', 'r', 'gap_1 / floor_1', 'gap_2 / floor_2', 'within 2x floor (evaluations)']
+
+
+def seed_moment_rows(evaluations, label_of):
+    """Table rows (label, scoring, r, ratio_1, ratio_2, within k/n) from [(run, scoring, [fsr_moment_gap results at
+    each metric seed])]: per label and scoring, each level's gap / floor spread over runs x metric seeds and the
+    evaluations that put the level within 2x its floors, then a row 'every level' counting the evaluations that put
+    every level there."""
+    groups = {}
+    for run, scoring, results in evaluations:
+        groups.setdefault((label_of(run), scoring), []).extend(results)
+    rows = []
+    for (label, scoring), results in groups.items():
+        levels = sorted(per_level(results[0], 'fsr_moment_gap1_res{r}'))
+        n = len(results)
+        for r in levels:
+            rows.append([label, scoring, r,
+                         fmt_spread([ratio(res[f'fsr_moment_gap1_res{r}'], res[f'fsr_moment_floor1_res{r}'])
+                                     for res in results]),
+                         fmt_spread([ratio(res[f'fsr_moment_gap2_res{r}'], res[f'fsr_moment_floor2_res{r}'])
+                                     for res in results]),
+                         f'{sum(int(res[f"fsr_moment_learned_res{r}"]) for res in results)}/{n}'])
+        every = sum(all(int(res[f'fsr_moment_learned_res{r}']) for r in levels) for res in results)
+        rows.append([label, scoring, 'every level', '', '', f'{every}/{n}'])
     return rows
 
 
@@ -544,6 +586,10 @@ def _learned_top_atoms(snap):
 @click.option('--calibration-mean-images', type=click.IntRange(min=0), default=0, show_default=True,
               help='With --ema-calibration: also move each level\'s mean colour onto the reals\', measured on this '
                    'many generated and real images (0 = off; docs/RESULTS.md section 26).')
+@click.option('--eval-metric-seeds', type=click.IntRange(min=1), default=1, show_default=True,
+              help='Score the final snapshot\'s moment gaps (as trained and recalibrated) at this many metric seeds '
+                   '(fresh samples each) and report their spread and how many evaluations put every level within '
+                   '2x its floor (1 = the metric seed of the other tables only).')
 def synthetic(**params):
     """Synthetic FSR teacher: plain host vs FSR joint vs FSR layer-wise at equal kimg."""
     root, sizes = _setup(params, 'synthetic')
@@ -579,7 +625,8 @@ def synthetic(**params):
     # Evaluation of every run.
     t_eval = time.time()
     moments, swds, consistencies, positions, atoms, spreads, spread_reals = [], [], [], [], {}, {}, {}
-    calibrated, calibration_notes = [], {}
+    calibrated, calibration_notes, seed_evals = [], {}, []
+    more_seeds = [sizes.seed + k for k in range(1, params['eval_metric_seeds'])]
     cache = {}
     for run in runs:
         snaps = run.snapshots()
@@ -589,10 +636,16 @@ def synthetic(**params):
                                                cache)))
         positions.append((run, eval_metric(run, snaps[-1:], 'fsr_position_stats', sizes, params['device'], cache)))
         snap = _load(snaps[-1], params['device'], cache)
+        if more_seeds:
+            seed_evals.append((run, 'as trained', [moments[-1][1][-1]['results']] + [
+                rec['results'] for rec in moment_gap_at_seeds(run, snap, sizes, more_seeds, 'fsr_moment_gap-seeds')]))
         if params['ema_calibration'] and snap.heads is not None:
-            record, note = calibrated_moment_gap(run, snap, sizes, params['calibration_mean_images'])
+            record, seed_records, note = calibrated_moment_gap(run, snap, sizes, params['calibration_mean_images'],
+                                                               more_seeds)
             if record is not None:
                 calibrated.append((run, [record]))
+                if more_seeds:
+                    seed_evals.append((run, 'recalibrated', [rec['results'] for rec in [record] + seed_records]))
             else:
                 calibration_notes[run.name] = note
         entries = []
@@ -716,6 +769,17 @@ def synthetic(**params):
             rep.table(MOMENT_HEADERS, moment_rows(calibrated, lambda r: r.label))
         for name, note in sorted(calibration_notes.items()):
             rep.text(f'{name}: not recalibrated ({note}).')
+    if seed_evals:
+        rep.heading('Patch-moment gaps over metric seeds (final snapshot)')
+        rep.text(f'How steady the verdict of the two tables above is: the final snapshot scored again at metric seeds '
+                 f'{sizes.seed}-{more_seeds[-1]} (each a fresh generated sample and another real sample of '
+                 f'{sizes.images} images{_draws_note(sizes)}; seed {sizes.seed} is the tables\' own evaluation; '
+                 f'`--eval-metric-seeds`). Ratios: mean ± std (min–max, n) over runs x metric seeds; within 2x: the '
+                 f'evaluations that put the level (both gaps) within 2x its floors; every level: the evaluations that '
+                 f'put all levels there at once, the target\'s reading. Recalibrated rows score the copy of the '
+                 f'table above.')
+        evals = [e for scoring in ('as trained', 'recalibrated') for e in seed_evals if e[1] == scoring]
+        rep.table(SEED_MOMENT_HEADERS, seed_moment_rows(evals, lambda r: r.label))
     rep.heading('Per-position statistics per level (final snapshot)')
     rep.text('What the pooled patch moments average away (fsr_position_stats, on the samples and draws of the gaps '
              'above). Mean pattern: the rms over positions of the fake minus the real mean image, less its average '

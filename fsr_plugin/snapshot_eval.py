@@ -59,6 +59,10 @@ class EvalSizes:
         self.batch_size = int(batch_size)
         self.moment_draws = int(moment_draws)
 
+    def with_seed(self, seed):
+        """A copy of these sizes with the metric seed `seed` (fresh generated samples, other real samples)."""
+        return EvalSizes(**dict(self.as_dict(), seed=seed))
+
     def as_dict(self):
         return dict(images=self.images, sparsity_images=self.sparsity_images, sparsity_tau=self.sparsity_tau,
                     sparsity_patch=self.sparsity_patch, seed=self.seed, batch_size=self.batch_size,

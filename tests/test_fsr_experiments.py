@@ -137,7 +137,7 @@ def launched(tmp_path_factory):
     items = {
         'synthetic': _start(['synthetic', f'--outdir={root}/synthetic', f'--data={SYN_DATA}', '--seeds=0',
                              '--jobs=2', '--oracle-steps=10', '--oracle-images=32', '--eval-draws=2',
-                             '--calibration-mean-images=40',
+                             '--calibration-mean-images=40', '--eval-metric-seeds=2',
                              '--fsr-args=--fsr-head-kernel=3 --fsr-relu=1 --fsr-unit-atoms=1 --fsr-head-lr=10 '
                              '--fsr-head-gain=1'] + TINY,
                             os.path.join(root, 'synthetic.log')),
@@ -310,6 +310,46 @@ def test_synthetic_recalibrated_moment_table(synthetic_dir):
         assert saved['mean_images'] == 40 and sorted(int(r) for r in saved['mean_shifts']) == [4, 8, 16]
         assert all(len(v) == 3 and any(x != 0 for x in v) for v in saved['mean_shifts'].values())
     assert 'mean colour was then moved onto the reals\' (one shift per channel, measured on 40 generated' in section
+
+
+def test_synthetic_metric_seed_table(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    section = report.split('## Patch-moment gaps over metric seeds')[1].split('\n## ')[0]
+    headers, rows = _table(section, 'arm', 'scoring')
+    assert {(r[0], r[1]) for r in rows} == {('plain', 'as trained'), ('joint', 'as trained'),
+                                           ('layerwise', 'as trained'), ('joint', 'recalibrated'),
+                                           ('layerwise', 'recalibrated')}
+    for arm, scoring, name in (('plain', 'as trained', 'fsr_moment_gap'),
+                               ('joint', 'recalibrated', 'fsr_moment_gap-calibrated')):
+        eval_dir = os.path.join(synthetic_dir, 'eval', f'{arm}-seed0')
+        first = _last_record(os.path.join(eval_dir, f'metric-{name}.jsonl'))['results']
+        with open(os.path.join(eval_dir, f'metric-{name}-seeds.jsonl')) as f:
+            more = [json.loads(line) for line in f if line.strip()]
+        assert [rec['metric_seed'] for rec in more] == [1]  # --eval-metric-seeds=2: seed 0 (the tables') and 1
+        second = more[0]['results']
+        assert second['fsr_moment_floor1_res16'] != pytest.approx(first['fsr_moment_floor1_res16'])  # other reals
+        both = (first, second)
+        ours = [r for r in rows if r[0] == arm and r[1] == scoring]
+        assert [r[2] for r in ours] == ['4', '8', '16', 'every level']
+        row = ours[2]
+        _close(_cell(headers, row, 'gap_2 / floor_2'),
+               np.mean([res['fsr_moment_gap2_res16'] / res['fsr_moment_floor2_res16'] for res in both]))
+        _close(_cell(headers, row, 'gap_1 / floor_1'),
+               np.mean([res['fsr_moment_gap1_res16'] / res['fsr_moment_floor1_res16'] for res in both]))
+        within = [res['fsr_moment_gap1_res16'] <= 2 * res['fsr_moment_floor1_res16'] and
+                  res['fsr_moment_gap2_res16'] <= 2 * res['fsr_moment_floor2_res16'] for res in both]
+        assert _cell(headers, row, 'within 2x floor (evaluations)') == f'{sum(within)}/2'
+        every = sum(all(res[f'fsr_moment_gap{m}_res{r}'] <= 2 * res[f'fsr_moment_floor{m}_res{r}']
+                        for m in (1, 2) for r in (4, 8, 16)) for res in both)
+        assert _cell(headers, ours[3], 'within 2x floor (evaluations)') == f'{every}/2'
+    # The plain arm's metric-seed-1 record is the registry's fsr_moment_gap of its final snapshot at seed 1.
+    snap = snapshot_eval.Snapshot(_final_snapshot(os.path.join(synthetic_dir, 'runs', 'plain-seed0')))
+    sizes = snapshot_eval.EvalSizes(images=48, moment_draws=2, seed=1)
+    direct = snapshot_eval.evaluate(snap, 'fsr_moment_gap', sizes)['results']
+    with open(os.path.join(synthetic_dir, 'eval', 'plain-seed0', 'metric-fsr_moment_gap-seeds.jsonl')) as f:
+        saved = json.loads(f.readline())['results']
+    assert saved['fsr_moment_gap2_res8'] == pytest.approx(direct['fsr_moment_gap2_res8'], rel=1e-6)
+    assert saved['fsr_moment_floor1_res16'] == pytest.approx(direct['fsr_moment_floor1_res16'], rel=1e-6)
 
 
 def test_synthetic_teacher_reference_table(synthetic_dir):
