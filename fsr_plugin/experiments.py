@@ -226,11 +226,15 @@ def final_results_by_label(records_by_run, label_of):
     return groups
 
 
+def ratio_cell(results, value_key, floor_key):
+    """The value / floor report cell (spread over results) of one result key and its floor's key."""
+    return fmt_spread([ratio(res[value_key], res[floor_key]) for res in results])
+
+
 def value_floor_cells(results, value_key, floor_key):
     """[value, floor, value / floor] report cells (spread over runs) of one result key and its floor's key."""
-    values = [res[value_key] for res in results]
-    floors = [res[floor_key] for res in results]
-    return [fmt_spread(values), fmt_spread(floors), fmt_spread([ratio(a, b) for a, b in zip(values, floors)])]
+    return [fmt_spread([res[value_key] for res in results]), fmt_spread([res[floor_key] for res in results]),
+            ratio_cell(results, value_key, floor_key)]
 
 
 def moment_rows(records_by_run, label_of):
@@ -266,10 +270,8 @@ def seed_moment_rows(evaluations, label_of):
         n = len(results)
         for r in levels:
             rows.append([label, scoring, r,
-                         fmt_spread([ratio(res[f'fsr_moment_gap1_res{r}'], res[f'fsr_moment_floor1_res{r}'])
-                                     for res in results]),
-                         fmt_spread([ratio(res[f'fsr_moment_gap2_res{r}'], res[f'fsr_moment_floor2_res{r}'])
-                                     for res in results]),
+                         ratio_cell(results, f'fsr_moment_gap1_res{r}', f'fsr_moment_floor1_res{r}'),
+                         ratio_cell(results, f'fsr_moment_gap2_res{r}', f'fsr_moment_floor2_res{r}'),
                          f'{sum(int(res[f"fsr_moment_learned_res{r}"]) for res in results)}/{n}'])
         every = sum(all(int(res[f'fsr_moment_learned_res{r}']) for r in levels) for res in results)
         rows.append([label, scoring, 'every level', '', '', f'{every}/{n}'])
@@ -771,13 +773,13 @@ def synthetic(**params):
             rep.text(f'{name}: not recalibrated ({note}).')
     if seed_evals:
         rep.heading('Patch-moment gaps over metric seeds (final snapshot)')
-        rep.text(f'How steady the verdict of the two tables above is: the final snapshot scored again at metric seeds '
+        rep.text(f'How steady the verdict of the moment tables above is: the final snapshot scored again at metric seeds '
                  f'{sizes.seed}-{more_seeds[-1]} (each a fresh generated sample and another real sample of '
                  f'{sizes.images} images{_draws_note(sizes)}; seed {sizes.seed} is the tables\' own evaluation; '
                  f'`--eval-metric-seeds`). Ratios: mean ± std (min–max, n) over runs x metric seeds; within 2x: the '
                  f'evaluations that put the level (both gaps) within 2x its floors; every level: the evaluations that '
-                 f'put all levels there at once, the target\'s reading. Recalibrated rows score the copy of the '
-                 f'table above.')
+                 f'put all levels there at once, the target\'s reading. Recalibrated rows score the recalibrated copy '
+                 f'(section above).')
         evals = [e for scoring in ('as trained', 'recalibrated') for e in seed_evals if e[1] == scoring]
         rep.table(SEED_MOMENT_HEADERS, seed_moment_rows(evals, lambda r: r.label))
     rep.heading('Per-position statistics per level (final snapshot)')
