@@ -39,6 +39,13 @@ Metrics and result keys (r = resolution):
                    variance image), fsr_position_mean_floor_res<r> and fsr_position_var_floor_res<r> (the same for a
                    second real sample), fsr_position_var_scale_res<r> (overall variance ratio); the samples of
                    fsr_moment_gap (moment_images per sample, averaged over moment_draws draws).
+  fsr_noise_share  per level r: fsr_noise_var_res<r> (the variance over images of the level, averaged over channels
+                   and positions, with fresh noise inputs per image: noise_mode='random'), fsr_noise_var_fixed_res<r>
+                   (the same latents with one fixed noise image for all: noise_mode='const') and
+                   fsr_noise_share_res<r> = 1 - fixed / random: the share of the level's variation that the
+                   synthesis noise inputs, not the latent, make (0 for a generator without noise, 1 for one that
+                   ignores its latent; slightly below 0 where the one fixed noise image adds variance that fresh ones
+                   average out). moment_images generated images, the random noise seeded with seed; no real data.
 Every rank computes the same values (fixed seeds), so the keys agree across processes.
 """
 
@@ -57,7 +64,7 @@ from fsr_plugin import pyramid as fsr_pyramid
 from metrics import metric_utils
 
 METRIC_NAMES = ('fsr_sparsity', 'fsr_moment_gap', 'fsr_feature_sim', 'fsr_swd_levels', 'fsr_level_consistency',
-                'fsr_position_stats')
+                'fsr_position_stats', 'fsr_noise_share')
 
 
 @dataclasses.dataclass
@@ -532,6 +539,42 @@ def _position_stats_metric(ctx):
     return fsr_position_stats
 
 
+def _noise_share_metric(ctx):
+    def fsr_noise_share(opts):
+        G = _generator(opts)
+        if not metric_utils._accepts_kwarg(G.forward, 'noise_mode'):
+            raise ValueError('fsr_noise_share: the generator\'s forward takes no noise_mode argument, so its noise '
+                             'inputs cannot be fixed')
+        G_kwargs = metric_utils.generator_call_kwargs(G, opts)
+        resolutions = _resolutions(ctx, opts, G)
+        n = ctx.moment_images
+        if n < 2:
+            raise ValueError(f'fsr_noise_share needs at least 2 generated images (moment_images), got {n}')
+        modes = ('random', 'const')
+        sums = {m: {r: [0.0, 0.0] for r in resolutions} for m in modes}  # per level: sum, sum of squares [C, r, r]
+        devices = [opts.device] if opts.device.type == 'cuda' else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(ctx.seed))  # the random noise images: fixed per seed, the caller's RNG untouched
+            for z, c in _latents(G, opts, n, ctx.seed):
+                for mode in modes:
+                    levels = _fake_pyramid(ctx, opts, G, z, c, dict(G_kwargs, noise_mode=mode), resolutions)
+                    for r, x in levels.items():
+                        x = x.to(torch.float64)
+                        sums[mode][r][0] = sums[mode][r][0] + x.sum(dim=0)
+                        sums[mode][r][1] = sums[mode][r][1] + x.square().sum(dim=0)
+        results = {}
+        for r in resolutions:
+            var = {}
+            for mode in modes:
+                total, squares = sums[mode][r]
+                var[mode] = float(((squares - total.square() / n) / (n - 1)).clamp_min(0).mean())
+            results[f'fsr_noise_var_res{r}'] = var['random']
+            results[f'fsr_noise_var_fixed_res{r}'] = var['const']
+            results[f'fsr_noise_share_res{r}'] = 1.0 - var['const'] / var['random'] if var['random'] > 0 else 0.0
+        return results
+    return fsr_noise_share
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Registration.
 
@@ -543,7 +586,7 @@ def make_fsr_metrics(context=None):
     if not isinstance(ctx, FSRMetricContext):
         raise TypeError(f'context must be an FSRMetricContext or None, got {type(ctx).__name__}')
     fns = [_sparsity_metric(ctx), _moment_gap_metric(ctx), _feature_sim_metric(ctx), _swd_levels_metric(ctx),
-           _consistency_metric(ctx), _position_stats_metric(ctx)]
+           _consistency_metric(ctx), _position_stats_metric(ctx), _noise_share_metric(ctx)]
     return {fn.__name__: fn for fn in fns}
 
 
