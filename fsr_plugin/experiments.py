@@ -322,6 +322,21 @@ def position_rows(records_by_run, label_of):
     return rows
 
 
+NOISE_HEADERS = ['arm', 'r', 'variance, fresh noise', 'variance, fixed noise', 'noise share']
+
+
+def noise_rows(records_by_run, label_of):
+    """Table rows (label, r, variance over images with fresh noise, with one fixed noise image, noise share) from the
+    FINAL fsr_noise_share record of each run, grouped by label (spread over runs)."""
+    rows = []
+    for label, results in final_results_by_label(records_by_run, label_of).items():
+        for r in sorted(per_level(results[0], 'fsr_noise_share_res{r}')):
+            rows.append([label, r] + [fmt_spread([res[key.format(r=r)] for res in results])
+                                      for key in ('fsr_noise_var_res{r}', 'fsr_noise_var_fixed_res{r}',
+                                                  'fsr_noise_share_res{r}')])
+    return rows
+
+
 def sparsity_rows(results_list, label):
     """Rows (label, r, active fraction, p05/p50/p95, Hoyer, all-zero share) from fsr_sparsity results of runs."""
     rows = []
@@ -626,7 +641,7 @@ def synthetic(**params):
 
     # Evaluation of every run.
     t_eval = time.time()
-    moments, swds, consistencies, positions, atoms, spreads, spread_reals = [], [], [], [], {}, {}, {}
+    moments, swds, consistencies, positions, noises, atoms, spreads, spread_reals = [], [], [], [], [], {}, {}, {}
     calibrated, calibration_notes, seed_evals = [], {}, []
     more_seeds = [sizes.seed + k for k in range(1, params['eval_metric_seeds'])]
     cache = {}
@@ -637,6 +652,7 @@ def synthetic(**params):
         consistencies.append((run, eval_metric(run, snaps[-1:], 'fsr_level_consistency', sizes, params['device'],
                                                cache)))
         positions.append((run, eval_metric(run, snaps[-1:], 'fsr_position_stats', sizes, params['device'], cache)))
+        noises.append((run, eval_metric(run, snaps[-1:], 'fsr_noise_share', sizes, params['device'], cache)))
         snap = _load(snaps[-1], params['device'], cache)
         if more_seeds:
             seed_evals.append((run, 'as trained', [moments[-1][1][-1]['results']] + [
@@ -791,6 +807,18 @@ def synthetic(**params):
              'Floor: the same between two disjoint real samples; variance scale: the ratio of the overall '
              'variances. The uncalibrated final snapshot.')
     rep.table(POSITION_HEADERS, position_rows(positions, lambda r: r.label))
+    rep.heading('Where each level\'s variation comes from (final snapshot)')
+    rep.text(f'fsr_noise_share on {sizes.images} generated images: the variance over images of each level (averaged '
+             f'over channels and positions) with fresh noise inputs per image, and with the same latents and one '
+             f'fixed noise image for all; noise share = 1 - fixed / fresh, the part of the level\'s variation that '
+             f'the synthesis noise inputs make rather than the latent. The teacher row is the same measurement of '
+             f'the teacher, its top-level jitter in the noise inputs\' place ({sizes.images} images of its real '
+             f'pyramid, FSRTeacher.noise_share). A collapsed generator reads near 1 at every level. The '
+             f'uncalibrated final snapshot.')
+    teacher_noise = teacher.noise_share(sizes.images, seed=sizes.seed)
+    rep.table(NOISE_HEADERS, noise_rows(noises, lambda r: r.label)
+              + [['teacher', r] + [fmt_spread([teacher_noise[r][key]]) for key in ('var', 'var_fixed', 'share')]
+                 for r in sorted(teacher_noise)])
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')

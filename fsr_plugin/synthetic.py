@@ -341,6 +341,25 @@ class FSRTeacher:
         return dict(image=image.float(), levels=levels, readouts=readouts,
                     hidden={r: h.float() for r, h in hidden.items()}, top_codes=codes.float())
 
+    def noise_share(self, n, seed=0):
+        """The teacher's side of the fsr_noise_share metric: n images with z and jitter from a torch.Generator seeded
+        `seed`, and the same z with the first image's jitter for all. Returns {r: dict(var, var_fixed, share)}: the
+        variance over images of the real pyramid's level r (box-downscales of the top image, averaged over channels
+        and positions) with fresh and with fixed jitter, and share = 1 - var_fixed / var, the part of the level's
+        variation that the jitter makes rather than z."""
+        n = int(n)
+        if n < 2:
+            raise ValueError(f'FSRTeacher.noise_share: n must be >= 2, got {n}')
+        z, jit = self._draw_noise(n, torch.Generator().manual_seed(int(seed)))
+        fresh = self._outputs(z, jit, details=True)['levels']
+        fixed = self._outputs(z, jit[:1].expand_as(jit).contiguous(), details=True)['levels']
+        out = {}
+        for r in self.resolutions:
+            var = float(fresh[r].double().var(dim=0).mean())
+            var_fixed = float(fixed[r].double().var(dim=0).mean())
+            out[r] = dict(var=var, var_fixed=var_fixed, share=1.0 - var_fixed / var if var > 0 else 0.0)
+        return out
+
     def level_references(self, n, draws=16, seed=0):
         """What the teacher itself scores on its own real pyramid, level by level. Only part of a level's content is
         set by z: the top level's sites are also placed by a jitter drawn per position, and every lower level of the

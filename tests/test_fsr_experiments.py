@@ -264,6 +264,32 @@ def test_synthetic_consistency_table_matches_the_jsonl(synthetic_dir):
         assert float(_cell(headers, row, 'paired')) < 1e-6 < float(_cell(headers, row, 'unpaired'))
 
 
+def test_synthetic_noise_share_table_matches_the_jsonl_and_the_teacher(synthetic_dir):
+    report = _read(os.path.join(synthetic_dir, 'report.md'))
+    section = report.split("## Where each level's variation comes from")[1].split('\n## ')[0]
+    headers, rows = _table(section, 'arm', 'noise share')
+    assert {r[0] for r in rows} == {'plain', 'joint', 'layerwise', 'teacher'}
+    for arm in ('plain', 'joint'):
+        path = os.path.join(synthetic_dir, 'eval', f'{arm}-seed0', 'metric-fsr_noise_share.jsonl')
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        assert len(records) == 1  # the final snapshot only
+        res = records[0]['results']
+        assert sorted(int(r[1]) for r in rows if r[0] == arm) == [4, 8, 16]
+        row = [r for r in rows if r[0] == arm and r[1] == '16'][0]
+        _close(_cell(headers, row, 'variance, fresh noise'), res['fsr_noise_var_res16'])
+        _close(_cell(headers, row, 'variance, fixed noise'), res['fsr_noise_var_fixed_res16'])
+        _close(_cell(headers, row, 'noise share'), 1 - res['fsr_noise_var_fixed_res16'] / res['fsr_noise_var_res16'])
+    # The teacher row: its own fixed-against-fresh jitter measurement on the report's sample size and seed.
+    _, _, _, dataset = experiments.open_data(SYN_DATA)
+    teacher = experiments._teacher_of(SYN_DATA, dataset)
+    expected = teacher.noise_share(48, seed=0)
+    for r in (4, 8, 16):
+        row = [x for x in rows if x[0] == 'teacher' and x[1] == str(r)][0]
+        _close(_cell(headers, row, 'noise share'), expected[r]['share'])
+        _close(_cell(headers, row, 'variance, fresh noise'), expected[r]['var'])
+
+
 def test_synthetic_position_table_matches_the_jsonl(synthetic_dir):
     report = _read(os.path.join(synthetic_dir, 'report.md'))
     section = report.split('## Per-position statistics per level')[1].split('\n## ')[0]

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dnnlib
 from fsr_plugin import synthetic
@@ -279,3 +280,19 @@ def test_level_references_share_of_variance_set_by_z(teacher16):
     assert all(loud['z_share'][r] < many['z_share'][r] - 0.1 for r in teacher16.resolutions)
     with pytest.raises(ValueError, match='draws must be >= 2'):
         teacher16.level_references(10, draws=1)
+
+
+def test_teacher_noise_share_fixed_against_fresh_jitter(teacher16):
+    share = teacher16.noise_share(200, seed=3)
+    drawn = teacher16.sample(200, generator=torch.Generator().manual_seed(3))['image'].double()  # fresh jitter
+    for r in teacher16.resolutions:
+        level = F.avg_pool2d(drawn, 16 // r)
+        assert share[r]['var'] == pytest.approx(float(level.var(dim=0).mean()), rel=1e-5)
+        assert share[r]['share'] == pytest.approx(1 - share[r]['var_fixed'] / share[r]['var'], rel=1e-12)
+        # Some of every level's variation is the jitter's, most of it z's (its sites follow the latent grid).
+        assert 0.01 < share[r]['share'] < 0.5
+    # Twice the jitter makes more of every level's variation.
+    loud = FSRTeacher(resolution=16, seed=3, calib_images=256, jitter=1.0).noise_share(200, seed=3)
+    assert all(loud[r]['share'] > share[r]['share'] + 0.02 for r in teacher16.resolutions)
+    with pytest.raises(ValueError, match='n must be >= 2'):
+        teacher16.noise_share(1)
