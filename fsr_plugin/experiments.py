@@ -813,7 +813,9 @@ def synthetic(**params):
              f'fixed noise image for all; noise share = 1 - fixed / fresh, the part of the level\'s variation that '
              f'the synthesis noise inputs make rather than the latent. The teacher row is the same measurement of '
              f'the teacher, its top-level jitter in the noise inputs\' place ({sizes.images} images of its real '
-             f'pyramid, FSRTeacher.noise_share). A collapsed generator reads near 1 at every level. The '
+             f'pyramid, FSRTeacher.noise_share). A collapsed generator reads near 1 at every level. Only the '
+             f'synthesis noise images are fixed: with --fsr-top-wta-jitter the top head\'s jitter stays fresh per '
+             f'image, so at the top level the generator\'s share leaves it out and the teacher\'s counts it. The '
              f'uncalibrated final snapshot.')
     teacher_noise = teacher.noise_share(sizes.images, seed=sizes.seed)
     rep.table(NOISE_HEADERS, noise_rows(noises, lambda r: r.label)

@@ -46,6 +46,8 @@ Metrics and result keys (r = resolution):
                    synthesis noise inputs, not the latent, make (0 for a generator without noise, 1 for one that
                    ignores its latent; slightly below 0 where the one fixed noise image adds variance that fresh ones
                    average out). moment_images generated images, the random noise seeded with seed; no real data.
+                   Only the synthesis layers' noise images are fixed: other draws of the forward pass (the FSR top
+                   head's --fsr-top-wta-jitter) stay fresh per image and count with the latent.
 Every rank computes the same values (fixed seeds), so the keys agree across processes.
 """
 
