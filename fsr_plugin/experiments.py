@@ -325,15 +325,18 @@ def position_rows(records_by_run, label_of):
 NOISE_HEADERS = ['arm', 'r', 'variance, fresh noise', 'variance, fixed noise', 'noise share']
 
 
-def noise_rows(records_by_run, label_of):
+def noise_rows(records_by_run, label_of, teacher=None):
     """Table rows (label, r, variance over images with fresh noise, with one fixed noise image, noise share) from the
-    FINAL fsr_noise_share record of each run, grouped by label (spread over runs)."""
+    FINAL fsr_noise_share record of each run, grouped by label (spread over runs), then a 'teacher' row per level
+    from `teacher` (FSRTeacher.noise_share's {r: dict(var, var_fixed, share)}) when given."""
     rows = []
     for label, results in final_results_by_label(records_by_run, label_of).items():
         for r in sorted(per_level(results[0], 'fsr_noise_share_res{r}')):
             rows.append([label, r] + [fmt_spread([res[key.format(r=r)] for res in results])
                                       for key in ('fsr_noise_var_res{r}', 'fsr_noise_var_fixed_res{r}',
                                                   'fsr_noise_share_res{r}')])
+    for r in sorted(teacher or {}):
+        rows.append(['teacher', r] + [fmt_spread([teacher[r][key]]) for key in ('var', 'var_fixed', 'share')])
     return rows
 
 
@@ -789,8 +792,8 @@ def synthetic(**params):
             rep.text(f'{name}: not recalibrated ({note}).')
     if seed_evals:
         rep.heading('Patch-moment gaps over metric seeds (final snapshot)')
-        rep.text(f'How steady the verdict of the moment tables above is: the final snapshot scored again at metric seeds '
-                 f'{sizes.seed}-{more_seeds[-1]} (each a fresh generated sample and another real sample of '
+        rep.text(f'How steady the verdict of the moment tables above is: the final snapshot scored again at metric '
+                 f'seeds {sizes.seed}-{more_seeds[-1]} (each a fresh generated sample and another real sample of '
                  f'{sizes.images} images{_draws_note(sizes)}; seed {sizes.seed} is the tables\' own evaluation; '
                  f'`--eval-metric-seeds`). Ratios: mean ± std (min–max, n) over runs x metric seeds; within 2x: the '
                  f'evaluations that put the level (both gaps) within 2x its floors; every level: the evaluations that '
@@ -817,10 +820,7 @@ def synthetic(**params):
              f'synthesis noise images are fixed: with --fsr-top-wta-jitter the top head\'s jitter stays fresh per '
              f'image, so at the top level the generator\'s share leaves it out and the teacher\'s counts it. The '
              f'uncalibrated final snapshot.')
-    teacher_noise = teacher.noise_share(sizes.images, seed=sizes.seed)
-    rep.table(NOISE_HEADERS, noise_rows(noises, lambda r: r.label)
-              + [['teacher', r] + [fmt_spread([teacher_noise[r][key]]) for key in ('var', 'var_fixed', 'share')]
-                 for r in sorted(teacher_noise)])
+    rep.table(NOISE_HEADERS, noise_rows(noises, lambda r: r.label, teacher.noise_share(sizes.images, seed=sizes.seed)))
     rep.heading('Sliced Wasserstein distance per level (final snapshot, x 1e3)')
     rep.table(['arm', 'r', 'SWD'], swd_rows(swds, lambda r: r.label))
     rep.heading('Sample spread per level (final snapshot)')

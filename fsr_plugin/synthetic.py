@@ -351,12 +351,13 @@ class FSRTeacher:
         if n < 2:
             raise ValueError(f'FSRTeacher.noise_share: n must be >= 2, got {n}')
         z, jit = self._draw_noise(n, torch.Generator().manual_seed(int(seed)))
-        fresh = self._outputs(z, jit, details=True)['levels']
-        fixed = self._outputs(z, jit[:1].expand_as(jit).contiguous(), details=True)['levels']
+        with torch.no_grad():  # only the image: the levels are its box-downscales, as in _outputs
+            fresh = self._forward(z, jit)[2]
+            fixed = self._forward(z, jit[:1].expand_as(jit).contiguous())[2]
         out = {}
         for r in self.resolutions:
-            var = float(fresh[r].double().var(dim=0).mean())
-            var_fixed = float(fixed[r].double().var(dim=0).mean())
+            var = float(F.avg_pool2d(fresh, self.resolution // r).float().double().var(dim=0).mean())
+            var_fixed = float(F.avg_pool2d(fixed, self.resolution // r).float().double().var(dim=0).mean())
             out[r] = dict(var=var, var_fixed=var_fixed, share=1.0 - var_fixed / var if var > 0 else 0.0)
         return out
 
