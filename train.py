@@ -85,6 +85,18 @@ def _parse_g_channels(text):
     return out
 
 
+def _parse_resolutions(text, flag):
+    """'4,8' -> [4, 8] (block resolutions: powers of two >= 4, sorted, no repeats)."""
+    try:
+        values = sorted({int(v) for v in str(text).split(',')})
+    except ValueError:
+        raise click.BadParameter(f'expected resolutions "r,r,..." (e.g. 4,8), got {text!r}', param_hint=flag) from None
+    bad = [r for r in values if r < 4 or r & (r - 1)]
+    if bad:
+        raise click.BadParameter(f'{bad}: resolutions must be powers of two >= 4', param_hint=flag)
+    return values
+
+
 def _parse_ema_rampup(text):
     """--ema-rampup: 'none' -> None (no ramp), else a positive float (fraction of the images shown so far)."""
     if text.strip().lower() == 'none':
@@ -239,6 +251,15 @@ def setup_training_options(opts):
         args.D_kwargs.spectral_norm = True
     if not opts.g_noise:
         args.G_kwargs.synthesis_kwargs.use_noise = False
+    if opts.g_noise_res:
+        if not opts.g_noise:
+            raise UserError('--g-noise-res picks the resolutions that keep their noise inputs; it needs --g-noise=1')
+        noise_res = _parse_resolutions(opts.g_noise_res, '--g-noise-res')
+        beyond = [r for r in noise_res if r > args.training_set_kwargs.resolution]
+        if beyond:
+            raise UserError(f'--g-noise-res names resolution(s) {beyond} above the data resolution '
+                            f'{args.training_set_kwargs.resolution}')
+        args.G_kwargs.synthesis_kwargs.noise_resolutions = noise_res
 
     glr = opts.glr if opts.glr is not None else spec.lrate
     dlr = opts.dlr if opts.dlr is not None else spec.lrate
@@ -550,6 +571,8 @@ def _plugin_options(f):
 @click.option('--sn', help='Spectral normalisation of D weights', type=bool, default=False)
 @click.option('--g-noise', help='Per-pixel noise inputs in G (0: all variety must come from z)', type=bool,
               default=True, show_default=True)
+@click.option('--g-noise-res', help='Only these block resolutions of G take noise inputs, e.g. 4,8 (the blocks above '
+              'then vary only through z and the noise below; default: every block)', metavar='RES,...')
 @click.option('--lr-steps', help='Learning-rate steps: from each kimg on, every G and D learning rate (plugins\' '
               'multipliers included) times its factor, e.g. 100:0.3,120:0.1 (factors are not cumulative)',
               metavar='KIMG:FACTOR,...')

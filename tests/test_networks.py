@@ -235,6 +235,38 @@ def test_generator_without_noise_inputs_depends_on_z_only():
     assert len(list(G.parameters())) < len(list(small_G().parameters()))
 
 
+def test_noise_resolutions_keep_noise_only_in_the_named_blocks():
+    """train.py --g-noise-res: synthesis_kwargs noise_resolutions gives noise inputs to the named blocks only; the
+    other blocks' outputs then change with fresh noise only through the blocks below."""
+    G = small_G(res=16, noise_resolutions=[8]).eval()
+    strengths = {name for name, _ in G.named_parameters() if 'noise_strength' in name}
+    assert strengths == {'synthesis.b8.conv0.noise_strength', 'synthesis.b8.conv1.noise_strength'}
+    assert {name for name, _ in G.named_buffers() if 'noise_const' in name} == \
+        {'synthesis.b8.conv0.noise_const', 'synthesis.b8.conv1.noise_const'}
+    z = torch.randn([2, G.z_dim])
+    ws = G.mapping(z, None)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if 'noise_strength' in name:
+                p.fill_(0.5)
+        _, f1 = G.synthesis(ws, return_features=True)
+        _, f2 = G.synthesis(ws, return_features=True)
+        G.synthesis.b8.conv0.noise_strength.zero_()
+        G.synthesis.b8.conv1.noise_strength.zero_()
+        _, f3 = G.synthesis(ws, return_features=True)
+        _, f4 = G.synthesis(ws, return_features=True)
+    assert torch.equal(f1[4], f2[4]) and not torch.allclose(f1[8], f2[8]) and not torch.allclose(f1[16], f2[16])
+    for r in (4, 8, 16):  # with the named block's strengths at 0 nothing draws noise any more
+        assert torch.equal(f3[r], f4[r])
+    full = small_G(res=16)
+    assert len(list(G.parameters())) == len(list(full.parameters())) - 3  # b4.conv1, b16.conv0, b16.conv1
+    assert pickle.loads(pickle.dumps(G)).synthesis.noise_resolutions == [8]
+    with pytest.raises(ValueError, match=r'noise_resolutions: \[32\] name no block resolution'):
+        small_G(res=16, noise_resolutions=[4, 32])
+    with pytest.raises(ValueError, match='needs use_noise=True'):
+        small_G(res=16, noise_resolutions=[4], use_noise=False)
+
+
 def test_channel_overrides_set_chosen_block_widths():
     """train.py --g-channels: synthesis_kwargs channel_overrides replaces the base/max width of the named blocks
     only; the next block's input follows; the network runs, trains and pickles."""

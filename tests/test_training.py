@@ -636,6 +636,15 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     assert res.returncode == 1 and 'above the data resolution 16' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--g-channels=16'] + TINY, tmp_path)
     assert res.returncode == 2 and 'res:channels' in res.stderr
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-noise-res=8,4'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['noise_resolutions'] == [4, 8]
+    for bad, code, msg in (('--g-noise-res=32', 1, 'above the data resolution 16'),
+                           ('--g-noise-res=6', 2, 'powers of two >= 4'),
+                           ('--g-noise-res=x', 2, 'expected resolutions'),
+                           ('--g-noise-res=4 --g-noise=0', 1, 'it needs --g-noise=1')):
+        res = run_train(['--outdir', str(tmp_path)] + bad.split() + TINY, tmp_path)
+        assert res.returncode == code and msg in res.stderr, (bad, res.stderr[-2000:])
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
     assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)

@@ -548,6 +548,7 @@ class SynthesisNetwork(torch.nn.Module):
                  channel_max=512,            # Maximum number of channels in any layer.
                  num_fp16_res=0,             # Use reduced precision for the N highest resolutions.
                  channel_overrides=None,     # {resolution: channels}: these blocks' widths instead of base/max.
+                 noise_resolutions=None,     # Block resolutions whose layers take noise inputs, None = all.
                  **block_kwargs,             # Arguments for SynthesisBlock.
                  ):
         if img_resolution < 4 or img_resolution & (img_resolution - 1) != 0:
@@ -566,6 +567,14 @@ class SynthesisNetwork(torch.nn.Module):
                                  f'{self.block_resolutions} and a width >= 1')
             channels_dict[int(res)] = int(channels)
         fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+        if noise_resolutions is not None:
+            noise_resolutions = sorted({int(r) for r in noise_resolutions})
+            unknown = [r for r in noise_resolutions if r not in self.block_resolutions]
+            if unknown:
+                raise ValueError(f'noise_resolutions: {unknown} name no block resolution {self.block_resolutions}')
+            if block_kwargs.get('use_noise', True) is False:
+                raise ValueError('noise_resolutions needs use_noise=True (it picks the blocks that keep their noise)')
+        self.noise_resolutions = noise_resolutions
 
         self.num_ws = 0
         for res in self.block_resolutions:
@@ -573,8 +582,11 @@ class SynthesisNetwork(torch.nn.Module):
             out_channels = channels_dict[res]
             use_fp16 = (res >= fp16_resolution)
             is_last = (res == self.img_resolution)
+            kwargs = dict(block_kwargs)
+            if noise_resolutions is not None:
+                kwargs['use_noise'] = res in noise_resolutions
             block = SynthesisBlock(in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
-                                   is_last=is_last, use_fp16=use_fp16, **block_kwargs)
+                                   is_last=is_last, use_fp16=use_fp16, **kwargs)
             self.num_ws += block.num_conv
             if is_last:
                 self.num_ws += block.num_torgb
