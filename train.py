@@ -29,6 +29,7 @@ import torch
 from torch_utils.cpu_allocator import tune_cpu_allocator
 
 import dnnlib
+from torch_utils import cpu_features
 from torch_utils import custom_ops
 from torch_utils import training_stats
 from training import dataset as dataset_lib
@@ -649,6 +650,7 @@ def _main(ctx, outdir, dry_run, opts):
             c.resume_pkl = None
             c.run_dir = run_dir
             print(f'Continuing {run_dir} from {snapshot}')
+            _warn_precision(c)
             if dry_run:
                 print(json.dumps(c, indent=2))
                 return
@@ -680,6 +682,7 @@ def _main(ctx, outdir, dry_run, opts):
     print(f'Dataset resolution:  {c.training_set_kwargs.resolution}')
     print(f'Precision:           {c.precision}')
     print()
+    _warn_precision(c)
     if dry_run:
         print('Dry run; exiting.')
         return
@@ -688,6 +691,13 @@ def _main(ctx, outdir, dry_run, opts):
     with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
         json.dump(c, f, indent=2)
     launch_training(c)
+
+
+def _warn_precision(c):
+    """Print (stderr) the warning that bfloat16 blocks would be emulated on this CPU, if they would be."""
+    message = cpu_features.mixed_precision_warning(c.get('precision'), c.get('device', 'cpu'))
+    if message:
+        print(message, file=sys.stderr)
 
 
 def _plugin_option_names():

@@ -146,9 +146,15 @@ def main():
     base = next((r for r in results if r['mode'] == 'fp32'), None)
     print(f'StyleGAN2 32x32, channel_base 4096, channel_max 128, batch {BATCH}, device {args.device}, '
           f'torch {torch.__version__}, threads {torch.get_num_threads()}')
-    print(f'{"mode":6s} {"G+D fwd/bwd img/s":>18s} {"full step img/s":>16s} {"vs fp32":>8s} {"peak MB":>9s}')
+    if args.device == 'cpu':
+        from torch_utils import cpu_features
+        print(f'CPU: torch capability {cpu_features.capability()}, native bfloat16 in oneDNN: '
+              f'{cpu_features.native_bf16()} (bf16 is emulated, and slow, where this is False)')
+    print(f'{"mode":6s} {"G+D fwd/bwd img/s":>18s} {"full step img/s":>16s} {"vs fp32":>8s} {"peak MB":>9s}'
+          f'  (vs fp32: the full step, else fwd/bwd)')
     for r in results:
-        ratio = (r.get('step_img_s', 0) / base['step_img_s']) if base and base.get('step_img_s') else float('nan')
+        key = 'step_img_s' if base and base.get('step_img_s') else 'fwd_bwd_img_s'  # the last measured column
+        ratio = r.get(key, float('nan')) / base[key] if base and base.get(key) else float('nan')
         print(f'{r["mode"]:6s} {r.get("fwd_bwd_img_s", float("nan")):18.1f} {r.get("step_img_s", float("nan")):16.1f}'
               f' {ratio:8.2f} {r["peak_mb"]:9.0f}')
 

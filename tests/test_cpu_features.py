@@ -1,0 +1,45 @@
+"""torch_utils.cpu_features: the native-bfloat16 query and the --precision=mixed warning of train.py."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torch_utils import cpu_features
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_native_bf16_follows_onednn_and_capability_is_a_name():
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cpu_features.native_bf16() is expected
+    assert cpu_features.capability() == str(torch.backends.cpu.get_cpu_capability())
+
+
+@pytest.mark.parametrize('native, precision, device, warns', [
+    (False, 'mixed', 'cpu', True),
+    (True, 'mixed', 'cpu', False),
+    (None, 'mixed', 'cpu', False),   # cannot tell: say nothing
+    (False, 'fp32', 'cpu', False),
+    (False, 'mixed', 'cuda', False),  # CUDA runs float16 blocks
+])
+def test_mixed_precision_warning_only_where_bf16_is_emulated(monkeypatch, native, precision, device, warns):
+    monkeypatch.setattr(cpu_features, 'native_bf16', lambda: native)
+    message = cpu_features.mixed_precision_warning(precision, device)
+    assert (message is not None) == warns
+    if warns:
+        assert '--precision=mixed' in message and 'emulates' in message and '--precision=fp32' in message
+
+
+def test_train_dry_run_prints_the_warning_exactly_on_cpus_without_native_bf16(tmp_path):
+    base = [sys.executable, os.path.join(REPO, 'train.py'), '--outdir', str(tmp_path), '-n',
+            '--data=toy-shapes:res=16,num=64', '--cfg=cpu-tiny', '--workers=0']
+    emulated = cpu_features.native_bf16() is False
+    for precision, warns in (('mixed', emulated), ('fp32', False)):
+        res = subprocess.run(base + [f'--precision={precision}'], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert ('no native arithmetic' in res.stderr) == warns, (precision, res.stderr[-2000:])
+    assert not os.listdir(tmp_path)
