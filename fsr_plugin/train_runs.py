@@ -13,6 +13,7 @@ import time
 import click
 
 from fsr_plugin import snapshot_eval as se
+from torch_utils import cpu_features
 from fsr_plugin.report import command_line
 
 __all__ = ['REPO_ROOT', 'TRAIN_PY', 'TrainJob', 'make_job', 'Run', 'find_run_dir', 'train_env', 'run_jobs',
@@ -80,6 +81,27 @@ def find_run_dir(outdir):
     return found[0] if found else None
 
 
+def _option_value(args, name):
+    """The last value of train.py option `name` (e.g. '--precision') in an argument list, or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(name + '='):
+            value = arg.split('=', 1)[1]
+        elif arg == name and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def precision_warning(jobs):
+    """train.py's warning for jobs that ask for --precision=mixed on a CPU that would emulate bfloat16, or None."""
+    for job in jobs:
+        device = _option_value(job.args, '--device') or 'cpu'
+        message = cpu_features.mixed_precision_warning(_option_value(job.args, '--precision'), device)
+        if message:
+            return message
+    return None
+
+
 def _finished(run_dir, kimg):
     try:
         last = se.list_snapshots(run_dir)[-1]
@@ -111,6 +133,9 @@ def run_jobs(jobs, root, parallel=1, threads=None, reuse=False):
             raise click.ClickException(f'{job.outdir} already holds a run ({existing}); pass --reuse to reuse '
                                        f'finished runs, or choose a new --outdir')
         todo.append(job)
+    warning = precision_warning(todo)
+    if warning:
+        click.echo(warning, err=True)
     log_dir = os.path.join(root, 'logs')
     os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ, **train_env(threads))

@@ -43,3 +43,19 @@ def test_train_dry_run_prints_the_warning_exactly_on_cpus_without_native_bf16(tm
         assert res.returncode == 0, res.stderr[-2000:]
         assert ('no native arithmetic' in res.stderr) == warns, (precision, res.stderr[-2000:])
     assert not os.listdir(tmp_path)
+
+
+def test_experiment_runner_warns_for_jobs_asking_for_emulated_bf16(monkeypatch, tmp_path):
+    from fsr_plugin import train_runs
+    monkeypatch.setattr(cpu_features, 'native_bf16', lambda: False)
+
+    def job(*extra):
+        return train_runs.make_job(str(tmp_path), 'joint', 0, 'fsr-synthetic', 'cpu', 4, 1, 1, list(extra))
+    assert train_runs.precision_warning([job('--precision=fp32')]) is None
+    assert train_runs.precision_warning([job('--precision', 'mixed', '--device=cuda')]) is None
+    assert train_runs.precision_warning([job()]) is None  # auto: fp32 on CPU
+    message = train_runs.precision_warning([job('--precision=fp32'), job('--precision', 'mixed')])
+    assert message is not None and 'emulates' in message
+    assert train_runs.precision_warning([job('--precision=mixed', '--precision=fp32')]) is None  # the last one counts
+    monkeypatch.setattr(cpu_features, 'native_bf16', lambda: True)
+    assert train_runs.precision_warning([job('--precision=mixed')]) is None
