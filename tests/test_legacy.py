@@ -247,3 +247,18 @@ def test_user_supplied_nvidia_pickle(path):
     ours = legacy.rebuild_module(G, path)
     with torch.no_grad():
         torch.testing.assert_close(ours(z, c, noise_mode='const', force_fp32=True), img, rtol=1e-4, atol=1e-4)
+
+
+def test_our_generator_options_survive_the_rebuild_for_fine_tuning():
+    """train.py --resume=<our pickle> rebuilds G from its init_kwargs: --g-channels and --g-noise-res must carry over
+    (they were refused as unsupported options before)."""
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=2),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8, channel_overrides={16: 4},
+                                                 noise_resolutions=[4, 8]))
+    kwargs = legacy.generator_kwargs_from_module(G, 'ours.pkl')
+    assert kwargs['synthesis_kwargs']['channel_overrides'] == {16: 4}
+    assert kwargs['synthesis_kwargs']['noise_resolutions'] == [4, 8]
+    rebuilt = networks.Generator(**kwargs)
+    assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in G.named_parameters()]
+    assert [n for n, _ in rebuilt.named_buffers()] == [n for n, _ in G.named_buffers()]
