@@ -13,8 +13,8 @@ import time
 import click
 
 from fsr_plugin import snapshot_eval as se
-from torch_utils import cpu_features
 from fsr_plugin.report import command_line
+from torch_utils import cpu_features
 
 __all__ = ['REPO_ROOT', 'TRAIN_PY', 'TrainJob', 'make_job', 'Run', 'find_run_dir', 'train_env', 'run_jobs',
            'train_seconds']

@@ -28,6 +28,8 @@ Call convention (both modules), matching the detectors the metrics use::
 import torch
 import torch.nn.functional as F
 
+from torch_utils import cpu_features
+
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
@@ -330,7 +332,9 @@ class FoldedConv(torch.nn.Module):
         self.stride = [int(s) for s in stride] if isinstance(stride, (tuple, list)) else [int(stride)] * 2
         self.padding = [int(p) for p in padding] if isinstance(padding, (tuple, list)) else [int(padding)] * 2
         self.relu = relu
-        self.use_fused = _fused_conv_available()
+        # oneDNN's fused bfloat16 convolution refuses CPUs without native bfloat16 (AVX2-only x86); F.conv2d
+        # emulates it there.
+        self.use_fused = _fused_conv_available() and (dtype != torch.bfloat16 or cpu_features.native_bf16() is True)
 
     def forward(self, x):
         if self.use_fused and x.device.type == 'cpu' and x.dtype == self.weight.dtype:

@@ -59,3 +59,20 @@ def test_experiment_runner_warns_for_jobs_asking_for_emulated_bf16(monkeypatch, 
     assert train_runs.precision_warning([job('--precision=mixed', '--precision=fp32')]) is None  # the last one counts
     monkeypatch.setattr(cpu_features, 'native_bf16', lambda: True)
     assert train_runs.precision_warning([job('--precision=mixed')]) is None
+
+
+def test_inception_bf16_convolutions_avoid_the_fused_onednn_op_without_native_bf16(monkeypatch):
+    """oneDNN's fused bf16 convolution raises on CPUs without native bf16 (it did on an AVX2 EPYC): FoldedConv must
+    take F.conv2d there, and give the same result as its float32 twin up to bf16 rounding."""
+    import torch.nn.functional as F
+    from metrics import inception
+    monkeypatch.setattr(cpu_features, 'native_bf16', lambda: False)
+    torch.manual_seed(0)
+    w, b = torch.randn(8, 4, 3, 3) * 0.2, torch.randn(8)
+    conv16 = inception.FoldedConv(w, b, padding=(1, 1), dtype=torch.bfloat16)
+    conv32 = inception.FoldedConv(w, b, padding=(1, 1))
+    assert not conv16.use_fused and conv32.use_fused == inception._fused_conv_available()
+    x = torch.randn(2, 4, 6, 6)
+    expected = F.relu(F.conv2d(x, w, b, padding=1))
+    torch.testing.assert_close(conv32(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv16(x.bfloat16()).float(), expected, rtol=0.05, atol=0.05)
