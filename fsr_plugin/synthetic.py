@@ -337,9 +337,13 @@ class FSRTeacher:
             readouts = {r: F.conv_transpose2d(hidden[r], self._out64[r], padding=1).float()
                         for r in self.resolutions[:-1]}
             readouts[self.resolution] = image.float()
-            levels = {r: F.avg_pool2d(image, self.resolution // r).float() for r in self.resolutions}
+            levels = self._box_levels(image)
         return dict(image=image.float(), levels=levels, readouts=readouts,
                     hidden={r: h.float() for r, h in hidden.items()}, top_codes=codes.float())
+
+    def _box_levels(self, image):
+        """{r: the image [N, C, R, R] box-downscaled to r x r, float32} for every level (the real pyramid)."""
+        return {r: F.avg_pool2d(image, self.resolution // r).float() for r in self.resolutions}
 
     def noise_share(self, n, seed=0):
         """The teacher's side of the fsr_noise_share metric: n images with z and jitter from a torch.Generator seeded
@@ -351,13 +355,13 @@ class FSRTeacher:
         if n < 2:
             raise ValueError(f'FSRTeacher.noise_share: n must be >= 2, got {n}')
         z, jit = self._draw_noise(n, torch.Generator().manual_seed(int(seed)))
-        with torch.no_grad():  # only the image: the levels are its box-downscales, as in _outputs
-            fresh = self._forward(z, jit)[2]
-            fixed = self._forward(z, jit[:1].expand_as(jit).contiguous())[2]
+        with torch.no_grad():  # only the image: the levels are its box-downscales
+            fresh = self._box_levels(self._forward(z, jit)[2])
+            fixed = self._box_levels(self._forward(z, jit[:1].expand_as(jit).contiguous())[2])
         out = {}
         for r in self.resolutions:
-            var = float(F.avg_pool2d(fresh, self.resolution // r).float().double().var(dim=0).mean())
-            var_fixed = float(F.avg_pool2d(fixed, self.resolution // r).float().double().var(dim=0).mean())
+            var = float(fresh[r].double().var(dim=0).mean())
+            var_fixed = float(fixed[r].double().var(dim=0).mean())
             out[r] = dict(var=var, var_fixed=var_fixed, share=1.0 - var_fixed / var if var > 0 else 0.0)
         return out
 

@@ -5,12 +5,15 @@ native bfloat16 arithmetic (x86 AVX512-BF16 or AMX, Arm BF16) and many times slo
 emulate it (e.g. AVX2-only x86 CPUs): see `bench/bench_networks.py`.
 """
 
+import functools
+
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def native_bf16():
     """True if oneDNN runs bfloat16 convolutions and matrix products natively on this CPU, False if it emulates them,
-    None if this torch build cannot tell (no oneDNN, or the query is missing)."""
+    None if this torch build cannot tell (no oneDNN, or the query is missing). Asked once per process."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
