@@ -24,6 +24,7 @@ x_l approximates the real pyramid; `level_fit_r2` says how well.
 
 Values: images are float in about [-1, 1] (grey = 0; a gain calibrated so that 99.9% of pixels lie inside).
 """
+import functools
 import math
 
 import numpy as np
@@ -467,6 +468,14 @@ def images_to_uint8(images):
     return (images * 127.5 + 128).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+@functools.lru_cache(maxsize=8)
+def shared_teacher(resolution=32, num_levels=None, top_atoms=12, seed=0, jitter=0.5):
+    """The `FSRTeacher` of these arguments, built once per process (its calibration takes about 0.7 s at 16x16 and
+    every metric opens the dataset anew). Treat it as read-only: later callers get the same object."""
+    return FSRTeacher(resolution=int(resolution), num_levels=None if num_levels is None else int(num_levels),
+                      top_atoms=int(top_atoms), seed=int(seed), jitter=float(jitter))
+
+
 class FSRSyntheticDataset(Dataset):
     """Images of an `FSRTeacher`, generated on demand: raw image i depends only on (seed, i) (its noise comes
     from its own generator), so the dataset needs no files. Images are generated in chunks of `chunk_size`
@@ -496,8 +505,8 @@ class FSRSyntheticDataset(Dataset):
         if int(chunk_size) < 1 or int(cache_images) < 1:
             raise ValueError(f'fsr-synthetic: chunk_size and cache_images must be >= 1, got {chunk_size}, '
                              f'{cache_images}')
-        self.teacher = FSRTeacher(resolution=resolution, num_levels=num_levels, top_atoms=top_atoms,
-                                  seed=seed, jitter=jitter)
+        self.teacher = shared_teacher(resolution=resolution, num_levels=num_levels, top_atoms=top_atoms, seed=seed,
+                                      jitter=jitter)
         self._seed = int(seed)
         self._chunk_size = int(chunk_size)
         self._max_chunks = max(1, int(cache_images) // self._chunk_size)

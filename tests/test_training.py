@@ -576,10 +576,37 @@ def test_unknown_loss_type():
 # ----------------------------------------------------------------------------------------------------------------------
 # train.py end to end.
 
-def run_train(args, cwd, timeout=600, env=None):
+def run_train(args, cwd, timeout=600, env=None, in_process=None):
+    """Run train.py with `args` in `cwd`; returns an object with returncode, stdout and stderr.
+
+    Dry runs (-n) and calls marked in_process=True (refusals) run train.main in this process (about 2 s less each
+    than a new interpreter importing torch); one that would start training fails the test. Everything else, and any
+    call with `env`, runs as a subprocess exactly as a user runs it."""
+    if in_process is None:
+        in_process = env is None and ('-n' in args or '--dry-run' in args)
+    if in_process:
+        return _run_train_in_process(args, cwd)
     cmd = [sys.executable, os.path.join(REPO, 'train.py')] + args
     full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def _run_train_in_process(args, cwd):
+    import types
+    from click.testing import CliRunner
+    import train
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError(f'run_train(in_process=True) would start training: {args}')
+    saved_launch, saved_cwd = train.launch_training, os.getcwd()
+    train.launch_training = no_training
+    try:
+        os.chdir(cwd)
+        result = CliRunner().invoke(train.main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        train.launch_training = saved_launch
+        os.chdir(saved_cwd)
+    return types.SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 TINY = ['--data=toy-shapes:res=16,num=64', '--cfg=cpu-tiny', '--workers=0', '--tick=0.032']
@@ -609,11 +636,11 @@ def test_train_cli_short_run_writes_everything(tiny_cli_run):
 def test_train_cli_dry_run_and_errors(tmp_path):
     res = run_train(['--outdir', str(tmp_path), '-n'] + TINY, tmp_path)
     assert res.returncode == 0 and 'Dry run' in res.stdout and not os.listdir(tmp_path)
-    res = run_train(['--outdir', str(tmp_path), '--data', str(tmp_path / 'missing.zip')], tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--data', str(tmp_path / 'missing.zip')], tmp_path, in_process=True)
     assert res.returncode == 1 and 'missing.zip' in res.stderr and 'not a built-in dataset' in res.stderr
-    res = run_train(['--outdir', str(tmp_path), '--batch=6', '--gpus=4'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--batch=6', '--gpus=4'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 1 and '--batch' in res.stderr
-    res = run_train(['--outdir', str(tmp_path), '--metrics=fid_bogus'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--metrics=fid_bogus'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 1 and 'fid_bogus' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '-n', '--div=0.5', '--div-res=4', '--div-batch=8'] + TINY, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -632,9 +659,9 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
     assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['channel_overrides'] == {'16': 6, '8': 12}
     assert 'channel_overrides' not in opts['D_kwargs']
-    res = run_train(['--outdir', str(tmp_path), '--g-channels=32:6'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--g-channels=32:6'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 1 and 'above the data resolution 16' in res.stderr
-    res = run_train(['--outdir', str(tmp_path), '--g-channels=16'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--g-channels=16'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 2 and 'res:channels' in res.stderr
     res = run_train(['--outdir', str(tmp_path), '-n', '--g-noise-res=8,4'] + TINY, tmp_path)
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
@@ -643,11 +670,11 @@ def test_train_cli_dry_run_and_errors(tmp_path):
                            ('--g-noise-res=6', 2, 'powers of two >= 4'),
                            ('--g-noise-res=x', 2, 'expected resolutions'),
                            ('--g-noise-res=4 --g-noise=0', 1, 'it needs --g-noise=1')):
-        res = run_train(['--outdir', str(tmp_path)] + bad.split() + TINY, tmp_path)
+        res = run_train(['--outdir', str(tmp_path)] + bad.split() + TINY, tmp_path, in_process=True)
         assert res.returncode == code and msg in res.stderr, (bad, res.stderr[-2000:])
-    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-res=3'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 1 and '--div-res (3) must divide the training resolution (16)' in res.stderr
-    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path)
+    res = run_train(['--outdir', str(tmp_path), '--div=1', '--div-batch=1'] + TINY, tmp_path, in_process=True)
     assert res.returncode == 1 and '--div-batch must be at least 2' in res.stderr
     assert not os.listdir(tmp_path)
 
@@ -663,7 +690,7 @@ def test_train_cli_ema_options(tmp_path):
     assert (opts['ema_kimg'], opts['ema_rampup']) == (4.0, 0.25)
     assert dry('--ema-rampup=None')['ema_rampup'] is None
     for bad in ('0', '-0.1', 'fast'):
-        res = run_train(['--outdir', str(tmp_path), f'--ema-rampup={bad}'] + TINY, tmp_path)
+        res = run_train(['--outdir', str(tmp_path), f'--ema-rampup={bad}'] + TINY, tmp_path, in_process=True)
         assert res.returncode == 1 and 'expected a positive number or "none"' in res.stderr, res.stderr[-2000:]
     assert not os.listdir(tmp_path)
 
