@@ -202,7 +202,8 @@ def discriminator_kwargs_from_module(module, source_name='<network>'):
 
 _SYNTHESIS_KWARGS = {'channel_base', 'channel_max', 'num_fp16_res', 'architecture', 'resample_filter', 'conv_clamp',
                      'fp16_channels_last', 'kernel_size', 'use_noise', 'activation',
-                     'channel_overrides', 'noise_resolutions'}  # The last two are ours: --g-channels, --g-noise-res.
+                     'channel_overrides', 'noise_resolutions',   # Ours: --g-channels, --g-noise-res,
+                     'input_noise_channels'}                     # and --g-input-noise.
 _MAPPING_KWARGS = {'num_layers', 'embed_features', 'layer_features', 'activation', 'lr_multiplier', 'w_avg_beta'}
 _DISCRIMINATOR_KWARGS = {'c_dim', 'img_resolution', 'img_channels', 'architecture', 'channel_base', 'channel_max',
                          'num_fp16_res', 'conv_clamp', 'cmap_dim', 'block_kwargs', 'mapping_kwargs',

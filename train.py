@@ -261,6 +261,8 @@ def setup_training_options(opts):
             raise UserError(f'--g-noise-res names resolution(s) {beyond} above the data resolution '
                             f'{args.training_set_kwargs.resolution}')
         args.G_kwargs.synthesis_kwargs.noise_resolutions = noise_res
+    if opts.g_input_noise:
+        args.G_kwargs.synthesis_kwargs.input_noise_channels = opts.g_input_noise
 
     glr = opts.glr if opts.glr is not None else spec.lrate
     dlr = opts.dlr if opts.dlr is not None else spec.lrate
@@ -574,6 +576,9 @@ def _plugin_options(f):
               default=True, show_default=True)
 @click.option('--g-noise-res', help='Only these block resolutions of G take noise inputs, e.g. 4,8 (the blocks above '
               'then vary only through z and the noise below; default: every block)', metavar='RES,...')
+@click.option('--g-input-noise', help='Channels of a random map per image added to G\'s 4x4 constant input through a '
+              'learned projection (zero at the start): a spatial latent, like a per-position z (default 0: none)',
+              type=click.IntRange(min=0), default=0, metavar='K')
 @click.option('--lr-steps', help='Learning-rate steps: from each kimg on, every G and D learning rate (plugins\' '
               'multipliers included) times its factor, e.g. 100:0.3,120:0.1 (factors are not cumulative)',
               metavar='KIMG:FACTOR,...')

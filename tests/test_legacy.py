@@ -250,15 +250,20 @@ def test_user_supplied_nvidia_pickle(path):
 
 
 def test_our_generator_options_survive_the_rebuild_for_fine_tuning():
-    """train.py --resume=<our pickle> rebuilds G from its init_kwargs: --g-channels and --g-noise-res must carry over
-    (they were refused as unsupported options before)."""
+    """train.py --resume=<our pickle> rebuilds G from its init_kwargs: --g-channels, --g-noise-res and
+    --g-input-noise must carry over (they were refused as unsupported options before)."""
     G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
                            mapping_kwargs=dict(num_layers=2),
                            synthesis_kwargs=dict(channel_base=64, channel_max=8, channel_overrides={16: 4},
-                                                 noise_resolutions=[4, 8]))
+                                                 noise_resolutions=[4, 8], input_noise_channels=2))
     kwargs = legacy.generator_kwargs_from_module(G, 'ours.pkl')
     assert kwargs['synthesis_kwargs']['channel_overrides'] == {16: 4}
     assert kwargs['synthesis_kwargs']['noise_resolutions'] == [4, 8]
+    assert kwargs['synthesis_kwargs']['input_noise_channels'] == 2
     rebuilt = networks.Generator(**kwargs)
     assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in G.named_parameters()]
     assert [n for n, _ in rebuilt.named_buffers()] == [n for n, _ in G.named_buffers()]
+    # Fine-tuning a pickle without the input map into a G with one is refused by name (its tensors are missing).
+    kwargs['synthesis_kwargs'].pop('input_noise_channels')
+    with pytest.raises(legacy.NetworkFileError, match='missing in source: synthesis.b4.input_noise_weight'):
+        legacy.copy_all_tensors(networks.Generator(**kwargs), G, 'plain.pkl', 'G')

@@ -267,6 +267,48 @@ def test_noise_resolutions_keep_noise_only_in_the_named_blocks():
         small_G(res=16, noise_resolutions=[4], use_noise=False)
 
 
+def test_input_noise_adds_a_projected_random_map_to_the_constant():
+    """train.py --g-input-noise=K: the first block's input is const + A @ m, m a unit-Gaussian [K, 4, 4] map per image
+    (fresh, the fixed buffer, or left out, as noise_mode says) and A a learned [C, K] matrix, zero at the start."""
+    G = small_G(res=16, input_noise_channels=3).eval()
+    b4 = G.synthesis.b4
+    assert b4.input_noise_weight.shape == (32, 3) and b4.input_noise_const.shape == (3, 4, 4)
+    assert not b4.input_noise_weight.any()
+    plain = small_G(res=16).eval()
+    assert {n for n, _ in G.named_parameters()} - {n for n, _ in plain.named_parameters()} == \
+        {'synthesis.b4.input_noise_weight'}
+    plain.load_state_dict(G.state_dict(), strict=False)
+    ws = G.mapping(torch.randn([2, G.z_dim]), None)
+    with torch.no_grad():
+        for mode in ('random', 'const', 'none'):  # zero projection: the plain network's images
+            torch.testing.assert_close(G.synthesis(ws, noise_mode=mode), plain.synthesis(ws, noise_mode=mode))
+        b4.input_noise_weight.normal_()
+        # The block's input against a direct computation, through the 4x4 features (conv1 of b4 sees const + A m).
+        captured = {}
+        hook = b4.conv1.register_forward_pre_hook(lambda mod, args: captured.__setitem__('x', args[0]))
+        G.synthesis(ws, noise_mode='const')
+        expect = b4.const + torch.einsum('ck,khw->chw', b4.input_noise_weight, b4.input_noise_const)
+        torch.testing.assert_close(captured['x'], expect.expand(2, -1, -1, -1))
+        G.synthesis(ws, noise_mode='none')
+        torch.testing.assert_close(captured['x'], b4.const.expand(2, -1, -1, -1))
+        torch.manual_seed(5)
+        G.synthesis(ws, noise_mode='random')
+        torch.manual_seed(5)
+        maps = torch.randn([2, 3, 4, 4])
+        torch.testing.assert_close(captured['x'], b4.const + torch.einsum('ck,nkhw->nchw', b4.input_noise_weight,
+                                                                          maps))
+        hook.remove()
+        a, b = G.synthesis(ws, noise_mode='random'), G.synthesis(ws, noise_mode='random')
+        assert not torch.allclose(a, b)  # the layers' noise strengths are 0: only the map varies
+    G.synthesis(ws, noise_mode='random').square().mean().backward()
+    assert b4.input_noise_weight.grad.abs().sum() > 0
+    assert pickle.loads(pickle.dumps(G)).synthesis.b4.input_noise_channels == 3
+    with pytest.raises(ValueError, match='only given to the first block'):
+        networks.SynthesisBlock(8, 8, w_dim=4, resolution=8, img_channels=3, is_last=False, input_noise_channels=2)
+    with pytest.raises(ValueError, match='must be >= 0'):
+        small_G(res=16, input_noise_channels=-1)
+
+
 def test_channel_overrides_set_chosen_block_widths():
     """train.py --g-channels: synthesis_kwargs channel_overrides replaces the base/max width of the named blocks
     only; the next block's input follows; the network runs, trains and pickles."""

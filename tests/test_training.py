@@ -666,6 +666,11 @@ def test_train_cli_dry_run_and_errors(tmp_path):
     res = run_train(['--outdir', str(tmp_path), '-n', '--g-noise-res=8,4'] + TINY, tmp_path)
     opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
     assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['noise_resolutions'] == [4, 8]
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-input-noise=8'] + TINY, tmp_path)
+    opts = json.loads(res.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert res.returncode == 0 and opts['G_kwargs']['synthesis_kwargs']['input_noise_channels'] == 8
+    res = run_train(['--outdir', str(tmp_path), '-n', '--g-input-noise=-1'] + TINY, tmp_path)
+    assert res.returncode == 2 and '--g-input-noise' in res.stderr
     for bad, code, msg in (('--g-noise-res=32', 1, 'above the data resolution 16'),
                            ('--g-noise-res=6', 2, 'powers of two >= 4'),
                            ('--g-noise-res=x', 2, 'expected resolutions'),

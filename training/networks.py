@@ -448,6 +448,7 @@ class SynthesisBlock(torch.nn.Module):
                  conv_clamp=None,               # Clamp the output of convolution layers to +-X, None = disable.
                  use_fp16=False,                # Use reduced precision for this block?
                  fp16_channels_last=False,      # Use channels-last memory format with reduced precision?
+                 input_noise_channels=0,        # First block only: channels of a random input map (0 = none).
                  **layer_kwargs,                # Arguments for SynthesisLayer.
                  ):
         if architecture not in ('orig', 'skip', 'resnet'):
@@ -467,6 +468,16 @@ class SynthesisBlock(torch.nn.Module):
 
         if in_channels == 0:
             self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        self.input_noise_channels = int(input_noise_channels)
+        if self.input_noise_channels < 0 or (self.input_noise_channels and in_channels != 0):
+            raise ValueError(f'input_noise_channels must be >= 0 and only given to the first block, got '
+                             f'{input_noise_channels} at resolution {resolution}')
+        if self.input_noise_channels:
+            # A spatial latent: a unit-Gaussian [k, r, r] map per sample, projected to the constant input's channels
+            # by a learned [out_channels, k] matrix (zero at init: the block starts as without it). It follows
+            # noise_mode like the layers' noise: fresh per call, a fixed map ('const'), or left out ('none').
+            self.input_noise_weight = torch.nn.Parameter(torch.zeros([out_channels, self.input_noise_channels]))
+            self.register_buffer('input_noise_const', torch.randn([self.input_noise_channels, resolution, resolution]))
         if in_channels != 0:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=2,
                                         resample_filter=resample_filter, conv_clamp=conv_clamp,
@@ -501,6 +512,8 @@ class SynthesisBlock(torch.nn.Module):
         if self.in_channels == 0:
             x = self.const.to(dtype=dtype, memory_format=memory_format)
             x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            if self.input_noise_channels and layer_kwargs.get('noise_mode', 'random') != 'none':
+                x = x + self._input_noise(ws.shape[0], layer_kwargs.get('noise_mode', 'random'), dtype, device)
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
             x = x.to(dtype=dtype, memory_format=memory_format)
@@ -532,6 +545,16 @@ class SynthesisBlock(torch.nn.Module):
             return x, img, x
         return x, img
 
+    def _input_noise(self, batch, noise_mode, dtype, device):
+        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
+        if noise_mode not in ('random', 'const'):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        if noise_mode == 'random':
+            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
+        else:
+            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
+        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
+
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
@@ -549,6 +572,7 @@ class SynthesisNetwork(torch.nn.Module):
                  num_fp16_res=0,             # Use reduced precision for the N highest resolutions.
                  channel_overrides=None,     # {resolution: channels}: these blocks' widths instead of base/max.
                  noise_resolutions=None,     # Block resolutions whose layers take noise inputs, None = all.
+                 input_noise_channels=0,     # Channels of a random map added to the 4x4 constant input, 0 = none.
                  **block_kwargs,             # Arguments for SynthesisBlock.
                  ):
         if img_resolution < 4 or img_resolution & (img_resolution - 1) != 0:
@@ -585,6 +609,8 @@ class SynthesisNetwork(torch.nn.Module):
             kwargs = dict(block_kwargs)
             if noise_resolutions is not None:
                 kwargs['use_noise'] = res in noise_resolutions
+            if input_noise_channels and res == 4:
+                kwargs['input_noise_channels'] = input_noise_channels
             block = SynthesisBlock(in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
                                    is_last=is_last, use_fp16=use_fp16, **kwargs)
             self.num_ws += block.num_conv
@@ -768,6 +794,16 @@ class DiscriminatorBlock(torch.nn.Module):
         assert x.dtype == dtype
         return x, img
 
+    def _input_noise(self, batch, noise_mode, dtype, device):
+        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
+        if noise_mode not in ('random', 'const'):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        if noise_mode == 'random':
+            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
+        else:
+            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
+        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
+
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
@@ -863,6 +899,16 @@ class DiscriminatorEpilogue(torch.nn.Module):
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
         assert x.dtype == dtype
         return x
+
+    def _input_noise(self, batch, noise_mode, dtype, device):
+        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
+        if noise_mode not in ('random', 'const'):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        if noise_mode == 'random':
+            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
+        else:
+            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
+        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
 
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
