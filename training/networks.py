@@ -794,16 +794,6 @@ class DiscriminatorBlock(torch.nn.Module):
         assert x.dtype == dtype
         return x, img
 
-    def _input_noise(self, batch, noise_mode, dtype, device):
-        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
-        if noise_mode not in ('random', 'const'):
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
-        if noise_mode == 'random':
-            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
-        else:
-            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
-        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
-
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
@@ -899,16 +889,6 @@ class DiscriminatorEpilogue(torch.nn.Module):
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
         assert x.dtype == dtype
         return x
-
-    def _input_noise(self, batch, noise_mode, dtype, device):
-        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
-        if noise_mode not in ('random', 'const'):
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
-        if noise_mode == 'random':
-            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
-        else:
-            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
-        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
 
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
